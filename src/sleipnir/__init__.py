@@ -1,0 +1,73 @@
+"""Sleipnir: durable background jobs for Python.
+
+A web request puts a job on a durable queue and answers at once; supervised
+worker processes run it behind it and acknowledge it only after it finished.
+
+    from sleipnir import App
+
+    app = App()                     # the embedded SQLite broker in ./sleipnir.db
+
+    @app.task
+    def resize(path: str, width: int) -> str: ...
+
+    job = resize.delay("a.jpg", width=200)
+    job.result(timeout=30.0)
+"""
+
+from __future__ import annotations
+
+from .app import App
+from .brokers.base import Broker
+from .clock import Clock, SystemClock
+from .errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    Fail,
+    InvalidArgumentsError,
+    JobFailedError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+    ResultTimeoutError,
+    Retry,
+    SleipnirError,
+    TaskControl,
+    UnknownTaskError,
+)
+from .job import Job
+from .results import JobState, ResultStore
+from .task import JobHandle, Task
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Broker",
+    "BrokerConnectionError",
+    "BrokerError",
+    "Clock",
+    "ConfigurationError",
+    "DecodeError",
+    "EncodeError",
+    "Fail",
+    "InvalidArgumentsError",
+    "Job",
+    "JobFailedError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobState",
+    "PayloadTooLargeError",
+    "ResultStore",
+    "ResultTimeoutError",
+    "Retry",
+    "SleipnirError",
+    "SystemClock",
+    "Task",
+    "TaskControl",
+    "UnknownTaskError",
+    "Worker",
+    "__version__",
+]

@@ -1,0 +1,247 @@
+"""The App: the registry of tasks and the configuration of one deployment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .brokers import broker_from_url, results_from_url
+from .brokers.base import Broker, BrokerJobState, Envelope
+from .clock import Clock, SystemClock
+from .errors import ConfigurationError, UnknownTaskError
+from .job import DEFAULT_MAX_PAYLOAD_BYTES, Job, encode_job
+from .results import JobState, ResultStore
+from .task import JobHandle, Task, TaskOptions
+
+__all__ = ["DEFAULT_BROKER_URL", "App"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_BROKER_URL = "sqlite://sleipnir.db"
+"""``./sleipnir.db`` in the working directory: the embedded default."""
+
+
+class App:
+    """Tasks plus the configuration they run with.
+
+    ``App()`` alone uses the embedded SQLite broker in ``./sleipnir.db``.
+    Nothing connects until the first enqueue or the first worker, so building
+    an App at import time of a module is cheap and safe.
+    """
+
+    def __init__(
+        self,
+        broker: str | Broker | None = None,
+        *,
+        results: str | ResultStore | None = None,
+        default_queue: str = "default",
+        lease: float = 30.0,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        result_ttl: float = 7 * 24 * 3600.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if lease <= 0:
+            raise ConfigurationError("lease must be > 0 seconds")
+        if max_payload_bytes <= 0:
+            raise ConfigurationError("max_payload_bytes must be > 0")
+        if result_ttl <= 0:
+            raise ConfigurationError("result_ttl must be > 0 seconds")
+        self.clock: Clock = clock or SystemClock()
+        self.default_queue = default_queue
+        self.lease = lease
+        self.max_payload_bytes = max_payload_bytes
+        self.result_ttl = result_ttl
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker = broker if isinstance(broker, Broker) else None
+        self.broker_url = (
+            broker.url if isinstance(broker, Broker) else _absolute(broker or DEFAULT_BROKER_URL)
+        )
+        self._results = results if isinstance(results, ResultStore) else None
+        if isinstance(results, ResultStore):
+            self.results_url = results.url
+        elif results is not None:
+            self.results_url = _absolute(results)
+        else:
+            self.results_url = self.broker_url
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> App:
+        """Build an App from ``SLEIPNIR_*`` variables.
+
+        ``SLEIPNIR_BROKER`` (URL), ``SLEIPNIR_RESULTS`` (URL), ``SLEIPNIR_QUEUE``
+        (default queue), ``SLEIPNIR_LEASE`` (seconds), ``SLEIPNIR_MAX_PAYLOAD_BYTES``,
+        ``SLEIPNIR_RESULT_TTL`` (seconds). Keyword arguments win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for var, key, kind in (
+            ("SLEIPNIR_BROKER", "broker", str),
+            ("SLEIPNIR_RESULTS", "results", str),
+            ("SLEIPNIR_QUEUE", "default_queue", str),
+            ("SLEIPNIR_LEASE", "lease", float),
+            ("SLEIPNIR_MAX_PAYLOAD_BYTES", "max_payload_bytes", int),
+            ("SLEIPNIR_RESULT_TTL", "result_ttl", float),
+        ):
+            if env.get(var):
+                try:
+                    kwargs[key] = kind(env[var])
+                except ValueError:
+                    raise ConfigurationError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<App broker={self.broker_url} tasks={len(self.tasks)}>"
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, connected on first use."""
+        if self._broker is None:
+            self._broker = broker_from_url(self.broker_url, self.clock)
+        return self._broker
+
+    @property
+    def results(self) -> ResultStore:
+        """The result store, connected on first use."""
+        if self._results is None:
+            self._results = results_from_url(self.results_url, self.clock)
+        return self._results
+
+    # -- registering tasks ------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
+
+        The task's name is the function's name unless ``name`` is given; it is
+        what producers in other languages send to the HTTP API.
+        """
+        options = TaskOptions(
+            queue=queue or self.default_queue,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            timeout=timeout,
+            priority=priority,
+        )
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f.__name__
+            if task_name in self.tasks and self.tasks[task_name].fn is not f:
+                raise ConfigurationError(f"a task named {task_name!r} is already registered")
+            task = Task(self, f, task_name, options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``; :class:`UnknownTaskError` if none."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTaskError(f"unknown task {name!r} (registered: {known})") from None
+
+    # -- producing ----------------------------------------------------------
+
+    def _envelopes(self, jobs: Sequence[Job]) -> list[Envelope]:
+        return [
+            Envelope(
+                id=job.id,
+                queue=job.queue,
+                body=encode_job(job, self.max_payload_bytes),
+                priority=job.priority,
+                eta_at=job.eta_at,
+            )
+            for job in jobs
+        ]
+
+    def enqueue_jobs(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
+        """Store built jobs in the broker, all in one call; durable when this returns."""
+        envelopes = self._envelopes(jobs)  # encode (and size-check) all before storing any
+        self.broker.enqueue(envelopes)
+        return [JobHandle(self, job.id) for job in jobs]
+
+    async def enqueue_jobs_async(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
+        """Async form of :meth:`enqueue_jobs`."""
+        envelopes = self._envelopes(jobs)
+        await self.broker.enqueue_async(envelopes)
+        return [JobHandle(self, job.id) for job in jobs]
+
+    def job(self, job_id: str) -> JobHandle[Any]:
+        """A handle on a job by id (for example one received from an HTTP client)."""
+        return JobHandle(self, job_id)
+
+    def status(self, job_id: str) -> JobState:
+        """Where a job stands: the result store's outcome if it finished, else the broker's view."""
+        record = self.results.get(job_id)
+        if record is not None and record.state.finished:
+            return record.state
+        info = self.broker.job_info(job_id)
+        if info is None:
+            # It may have finished between the two reads: the outcome is stored before the ack.
+            record = self.results.get(job_id)
+            return record.state if record is not None else JobState.UNKNOWN
+        if info.state is BrokerJobState.RESERVED:
+            return JobState.RUNNING
+        if info.state is BrokerJobState.DEAD:
+            return JobState.FAILED
+        if info.last_error is not None:
+            return JobState.RETRYING
+        return JobState.QUEUED if info.state is BrokerJobState.READY else JobState.SCHEDULED
+
+    def close(self) -> None:
+        """Close the broker and result store connections."""
+        if self._broker is not None:
+            self._broker.close()
+        if self._results is not None and self._results is not self._broker:
+            self._results.close()
+
+
+def _absolute(url: str) -> str:
+    """Pin a relative ``sqlite:`` path to the working directory of the moment.
+
+    Workers may run with another working directory than the producer; a URL
+    resolved once, when the App is built, names the same file for both.
+    """
+    if not url.startswith("sqlite:"):
+        return url
+    from .brokers.sqlite import parse_sqlite_url
+
+    path, _, _ = parse_sqlite_url(url)
+    if path.is_absolute():
+        return url
+    rest = url.split("?", 1)
+    query = f"?{rest[1]}" if len(rest) > 1 else ""
+    return f"sqlite://{Path.cwd() / path}{query}"

@@ -1,0 +1,48 @@
+"""Broker backends, chosen by URL scheme.
+
+Each backend lives in its own module and is imported only when a URL asks
+for it, so a user of the embedded broker never needs a Redis client.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..clock import Clock
+from ..errors import ConfigurationError
+from ..results import ResultStore
+from .base import Broker
+
+__all__ = ["broker_from_url", "results_from_url"]
+
+
+def broker_from_url(url: str, clock: Clock) -> Broker:
+    """Build the broker a URL names (``memory://``, ``sqlite:///path``)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(url, clock=clock)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, clock=clock)
+    raise ConfigurationError(
+        f"no broker for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path"
+    )
+
+
+def results_from_url(url: str, clock: Clock) -> ResultStore:
+    """Build the result store a URL names (``memory://``, ``sqlite:///path``)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from .memory import MemoryResultStore
+
+        return MemoryResultStore(url, clock=clock)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteResultStore
+
+        return SQLiteResultStore(url, clock=clock)
+    raise ConfigurationError(
+        f"no result store for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path"
+    )

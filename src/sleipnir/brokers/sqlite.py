@@ -1,0 +1,516 @@
+"""The embedded backend (``sqlite:///path/to/jobs.db``): one file, no server.
+
+Many producer and worker processes may share the file at once. It runs in
+WAL mode; every write is its own ``BEGIN IMMEDIATE`` transaction (taking the
+write lock up front, so the busy timeout applies instead of an instant
+"database is locked"), and one transaction reserves, acks or nacks a whole
+batch of jobs.
+
+Durability, set with ``?sync=`` in the URL:
+
+* ``sync=normal`` (default): a committed job survives the death of any
+  process (kill -9 included) but the last commits may be lost if the machine
+  loses power or the kernel crashes (WAL with ``synchronous=NORMAL``).
+* ``sync=full``: every commit is fsynced; it also survives a power loss, at
+  the cost of an fsync per enqueue.
+
+URL forms: ``sqlite:///abs/path.db`` (absolute), ``sqlite://rel/path.db`` or
+``sqlite:rel/path.db`` (relative to the working directory). Options:
+``sync=normal|full``, ``busy_timeout=<seconds>`` (default 30).
+
+Schema (one file, three tables)::
+
+    sleipnir_jobs     seq INTEGER PRIMARY KEY   -- FIFO order within a priority
+                      id TEXT UNIQUE, queue TEXT, priority INTEGER,
+                      visible_at REAL           -- due time; while reserved: lease end
+                      token INTEGER             -- 0 = not reserved, else this delivery's token
+                      attempt INTEGER           -- deliveries so far
+                      enqueued_at REAL, last_error TEXT, body BLOB
+                      index (queue, priority DESC, seq, visible_at, token)
+    sleipnir_dead     id TEXT PRIMARY KEY, queue, priority, attempt, reason, failed_at, body
+    sleipnir_results  job_id TEXT PRIMARY KEY, state, task, queue, attempt,
+                      started_at, finished_at, expires_at, value BLOB, error TEXT
+
+A job is reservable when ``visible_at <= now``: that one test covers ready
+jobs, delayed jobs that came due and leases that ran out, so expired leases
+are reclaimed by any worker's ordinary reserve, with no extra daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from ..clock import Clock, SystemClock
+from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
+from ..results import JobState, ResultRecord, ResultStore
+from .base import (
+    Broker,
+    BrokerJobState,
+    DeadLetter,
+    Envelope,
+    JobInfo,
+    Nack,
+    QueueStats,
+    Reservation,
+)
+
+__all__ = ["SQLiteBroker", "SQLiteResultStore", "parse_sqlite_url"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sleipnir_jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    visible_at REAL NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    last_error TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sleipnir_jobs_pick
+    ON sleipnir_jobs (queue, priority DESC, seq, visible_at, token);
+CREATE TABLE IF NOT EXISTS sleipnir_dead (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sleipnir_dead_order ON sleipnir_dead (failed_at, id);
+CREATE TABLE IF NOT EXISTS sleipnir_results (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    value BLOB,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS sleipnir_results_expiry ON sleipnir_results (expires_at);
+"""
+
+_SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def parse_sqlite_url(url: str) -> tuple[Path, str, float]:
+    """Split a ``sqlite:`` URL into (path, synchronous level, busy timeout seconds)."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    raw = (parts.netloc + parts.path) if parts.netloc else parts.path
+    if not raw or raw == "/":
+        raise ConfigurationError(f"sqlite URL names no file: {url!r}")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - {"sync", "busy_timeout"}
+    if unknown:
+        raise ConfigurationError(f"unknown sqlite URL option(s) {sorted(unknown)} in {url!r}")
+    sync = options.get("sync", "normal").lower()
+    if sync not in _SYNC_LEVELS:
+        raise ConfigurationError(f"sync must be 'normal' or 'full', not {sync!r}")
+    try:
+        busy_timeout = float(options.get("busy_timeout", "30"))
+    except ValueError:
+        raise ConfigurationError("busy_timeout must be a number of seconds") from None
+    return Path(raw), _SYNC_LEVELS[sync], busy_timeout
+
+
+class _Database:
+    """Connections to one SQLite file: one per thread, opened anew after a fork."""
+
+    def __init__(self, url: str) -> None:
+        self.path, self.synchronous, self.busy_timeout = parse_sqlite_url(url)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        conn = self._open()
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.path.parent != Path():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if not self._ready:
+                with self._lock:
+                    conn.executescript(_SCHEMA)
+                    self._ready = True
+        except (sqlite3.Error, OSError) as exc:
+            raise BrokerConnectionError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the write lock at its start."""
+        conn = self.conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite write lock not obtained on {self.path}: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise BrokerError(f"SQLite commit failed on {self.path}: {exc}") from exc
+
+    def read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite read failed on {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+
+def _in(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class SQLiteBroker(Broker):
+    """The contract on one SQLite file. See the module docstring for the guarantees."""
+
+    poll_interval = 0.05
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self._db = _Database(url)
+        self._db.conn()  # fail now, not at the first enqueue, when the file can't be opened
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> None:
+        now = self.clock.time()
+        rows = [
+            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body)
+            for e in envelopes
+        ]
+        sql = (
+            "INSERT INTO sleipnir_jobs (id, queue, priority, visible_at, enqueued_at, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        try:
+            if len(rows) == 1:
+                # A lone INSERT in autocommit mode is its own transaction: one less round trip.
+                self._db.conn().execute(sql, rows[0])
+            else:
+                with self._db.write() as conn:
+                    conn.executemany(sql, rows)
+        except sqlite3.IntegrityError as exc:
+            raise BrokerError(f"a job with that id is already queued: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise BrokerError(f"enqueue failed on {self._db.path}: {exc}") from exc
+
+    def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock.time()
+        until = now + lease
+        token = secrets.randbits(62) | 1  # never 0, which means "not reserved"
+        out: list[Reservation] = []
+        with self._db.write() as conn:
+            for queue in queues:
+                want = limit - len(out)
+                if want <= 0:
+                    break
+                rows = conn.execute(
+                    "UPDATE sleipnir_jobs SET token = ?, attempt = attempt + 1, visible_at = ?"
+                    " WHERE seq IN (SELECT seq FROM sleipnir_jobs"
+                    "  WHERE queue = ? AND visible_at <= ? ORDER BY priority DESC, seq LIMIT ?)"
+                    " RETURNING seq, id, priority, attempt, body",
+                    (token, until, queue, now, want),
+                ).fetchall()
+                rows.sort(key=lambda r: (-r[2], r[0]))
+                out.extend(
+                    Reservation(
+                        id=job_id,
+                        queue=queue,
+                        body=body,
+                        attempt=attempt,
+                        token=(seq, token),
+                        lease_until=until,
+                        priority=priority,
+                    )
+                    for seq, job_id, priority, attempt, body in rows
+                )
+        return out
+
+    def _each(self, sql: str, params: Sequence[tuple[object, ...]]) -> list[bool]:
+        """Run ``sql`` once per parameter row in one transaction; report which changed a row."""
+        with self._db.write() as conn:
+            return [conn.execute(sql, p).rowcount == 1 for p in params]
+
+    # Every statement that acts on a reservation checks the token *and* that the
+    # lease still runs: a lease that ran out belongs to whoever reserves next.
+    _OWNED = "seq = ? AND token = ? AND visible_at > ?"
+
+    def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            f"UPDATE sleipnir_jobs SET visible_at = ? WHERE {self._OWNED}",
+            [(now + lease, *r.token, now) for r in reservations],
+        )
+
+    def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            f"DELETE FROM sleipnir_jobs WHERE {self._OWNED}",
+            [(*r.token, now) for r in reservations],
+        )
+
+    def nack(self, nacks: Sequence[Nack]) -> list[bool]:
+        now = self.clock.time()
+        out = []
+        with self._db.write() as conn:
+            for n in nacks:
+                owned = (*n.reservation.token, now)
+                if n.retry_at is not None:
+                    cur = conn.execute(
+                        "UPDATE sleipnir_jobs SET token = 0, visible_at = ?, last_error = ?"
+                        f" WHERE {self._OWNED}",
+                        (n.retry_at, n.reason, *owned),
+                    )
+                    out.append(cur.rowcount == 1)
+                    continue
+                row = conn.execute(
+                    f"DELETE FROM sleipnir_jobs WHERE {self._OWNED}"
+                    " RETURNING id, queue, priority, attempt, body",
+                    owned,
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO sleipnir_dead"
+                        " (id, queue, priority, attempt, reason, failed_at, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], row[1], row[2], row[3], n.reason, now, row[4]),
+                    )
+                out.append(row is not None)
+        return out
+
+    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            "UPDATE sleipnir_jobs SET token = 0, visible_at = ?, attempt = attempt - 1"
+            f" WHERE {self._OWNED}",
+            [(now, *r.token, now) for r in reservations],
+        )
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        now = self.clock.time()
+        rows = self._db.read(
+            "SELECT queue, visible_at, token, attempt, last_error FROM sleipnir_jobs WHERE id = ?",
+            (job_id,),
+        )
+        if rows:
+            queue, visible_at, token, attempt, last_error = rows[0]
+            if visible_at <= now:  # type: ignore[operator]
+                state = BrokerJobState.READY
+            elif token:
+                state = BrokerJobState.RESERVED
+            else:
+                state = BrokerJobState.SCHEDULED
+            return JobInfo(job_id, str(queue), state, int(attempt), last_error)  # type: ignore[arg-type, call-overload]
+        rows = self._db.read("SELECT queue, attempt, reason FROM sleipnir_dead WHERE id = ?", (job_id,))
+        if rows:
+            queue, attempt, reason = rows[0]
+            return JobInfo(job_id, str(queue), BrokerJobState.DEAD, int(attempt), str(reason))  # type: ignore[call-overload]
+        return None
+
+    def stats(self) -> list[QueueStats]:
+        now = self.clock.time()
+        counts: dict[str, dict[str, object]] = {}
+        for queue, ready, scheduled, running, oldest in self._db.read(
+            "SELECT queue,"
+            " SUM(visible_at <= ?1),"
+            " SUM(visible_at > ?1 AND token = 0),"
+            " SUM(visible_at > ?1 AND token != 0),"
+            " MIN(CASE WHEN visible_at <= ?1 THEN enqueued_at END)"
+            " FROM sleipnir_jobs GROUP BY queue",
+            (now,),
+        ):
+            counts[str(queue)] = {
+                "ready": ready, "scheduled": scheduled, "running": running, "oldest_ready_at": oldest
+            }
+        for queue, dead in self._db.read("SELECT queue, COUNT(*) FROM sleipnir_dead GROUP BY queue"):
+            counts.setdefault(str(queue), {})["dead"] = dead
+        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]  # type: ignore[arg-type]
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = ("WHERE queue = ?", [queue]) if queue is not None else ("", [])
+        rows = self._db.read(
+            "SELECT id, queue, body, attempt, reason, failed_at FROM sleipnir_dead"
+            f" {where} ORDER BY failed_at, id LIMIT ?",
+            (*params, limit),
+        )
+        return [DeadLetter(*row) for row in rows]  # type: ignore[arg-type]
+
+    def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
+        now = self.clock.time()
+        where, params = ("", ()) if ids is None else (f"WHERE id IN ({_in(ids)})", tuple(ids))
+        if ids is not None and not ids:
+            return []
+        with self._db.write() as conn:
+            rows = conn.execute(
+                f"DELETE FROM sleipnir_dead {where} RETURNING id, queue, priority, body", params
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO sleipnir_jobs (id, queue, priority, visible_at, enqueued_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, q, p, now, now, b) for i, q, p, b in rows],
+            )
+        return sorted(r[0] for r in rows)
+
+    def delete_dead(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        where, params = ("", ()) if ids is None else (f"WHERE id IN ({_in(ids)})", tuple(ids))
+        with self._db.write() as conn:
+            return conn.execute(f"DELETE FROM sleipnir_dead {where}", params).rowcount
+
+    def purge(self, queue: str) -> int:
+        now = self.clock.time()
+        with self._db.write() as conn:
+            return conn.execute(
+                "DELETE FROM sleipnir_jobs WHERE queue = ? AND NOT (token != 0 AND visible_at > ?)",
+                (queue, now),
+            ).rowcount
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Sleep until another connection commits, the next delayed job is due, or ``timeout``.
+
+        ``PRAGMA data_version`` changes when any other connection commits, so
+        checking it every few milliseconds wakes an idle worker soon after an
+        enqueue from another process, without a query per check.
+        """
+        conn = self._db.conn()
+        deadline = time.monotonic() + timeout
+        if queues:
+            row = conn.execute(
+                f"SELECT MIN(visible_at) FROM sleipnir_jobs WHERE queue IN ({_in(queues)})",
+                tuple(queues),
+            ).fetchone()
+            if row[0] is not None:
+                deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock.time()))
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        step = 0.001
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            if conn.execute("PRAGMA data_version").fetchone()[0] != version:
+                return
+            step = min(step * 2, self.poll_interval)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class SQLiteResultStore(ResultStore):
+    """Results in the same SQLite file as the jobs (by default)."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self._db = _Database(url)
+
+    def put(self, records: Sequence[ResultRecord]) -> None:
+        rows = [
+            (
+                r.job_id, r.state.value, r.task, r.queue, r.attempt, r.started_at,
+                r.finished_at, r.expires_at, r.value, r.error,
+            )
+            for r in records
+        ]
+        with self._db.write() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO sleipnir_results (job_id, state, task, queue, attempt,"
+                " started_at, finished_at, expires_at, value, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def get(self, job_id: str) -> ResultRecord | None:
+        rows = self._db.read(
+            "SELECT job_id, state, task, queue, attempt, finished_at, expires_at, value, error,"
+            " started_at FROM sleipnir_results WHERE job_id = ? AND expires_at > ?",
+            (job_id, self.clock.time()),
+        )
+        if not rows:
+            return None
+        job, state, task, queue, attempt, finished, expires, value, error, started = rows[0]
+        return ResultRecord(
+            job_id=str(job),
+            state=JobState(state),
+            task=str(task),
+            queue=str(queue),
+            attempt=int(attempt),  # type: ignore[call-overload]
+            finished_at=float(finished),  # type: ignore[arg-type]
+            expires_at=float(expires),  # type: ignore[arg-type]
+            value=value,  # type: ignore[arg-type]
+            error=error,  # type: ignore[arg-type]
+            started_at=started,  # type: ignore[arg-type]
+        )
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        with self._db.write() as conn:
+            return conn.execute(
+                f"DELETE FROM sleipnir_results WHERE job_id IN ({_in(job_ids)})", tuple(job_ids)
+            ).rowcount
+
+    def purge_expired(self) -> int:
+        with self._db.write() as conn:
+            return conn.execute(
+                "DELETE FROM sleipnir_results WHERE expires_at <= ?", (self.clock.time(),)
+            ).rowcount
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,186 @@
+"""Tasks (registered functions) and job handles (what ``delay`` returns)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .errors import InvalidArgumentsError, JobFailedError, ResultTimeoutError
+from .job import Job, decode_value, new_job_id
+from .results import JobState, ResultRecord
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["JobHandle", "Task", "TaskOptions"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How a task's jobs are queued and retried."""
+
+    queue: str
+    retries: int = 3
+    """Retries after the first attempt; a job runs at most ``retries + 1`` times on failure."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one, with jitter."""
+    max_backoff: float = 300.0
+    """Upper bound of the retry delay, seconds."""
+    timeout: float | None = None
+    """Time limit of one run, seconds. Enforced for ``async def`` tasks; see the docs."""
+    priority: int = 0
+    """Higher runs first within a queue."""
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff and max_backoff must be >= 0 seconds")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be > 0 seconds")
+
+
+class Task(Generic[P, R]):
+    """A function registered on an :class:`~sleipnir.App`.
+
+    Calling the task runs the function here and now; :meth:`delay` and
+    :meth:`enqueue` put a job on the queue for a worker instead.
+    """
+
+    def __init__(
+        self, app: App, fn: Callable[P, R], name: str, options: TaskOptions
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`InvalidArgumentsError` if the call does not fit the function."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgumentsError(
+                f"arguments do not fit {self.name}{self.signature}: {exc}"
+            ) from None
+
+    def build(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+    ) -> Job:
+        """Make the job for one call, checking the arguments against the function."""
+        kwargs = kwargs or {}
+        self.check_arguments(args, kwargs)
+        if delay is not None and at is not None:
+            raise ValueError("give either delay= (seconds from now) or at= (epoch seconds)")
+        if delay is not None and delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        now = self.app.clock.time()
+        eta_at = now + delay if delay else at
+        return Job(
+            id=new_job_id(),
+            task=self.name,
+            args=list(args),
+            kwargs=dict(kwargs),
+            queue=queue or self.options.queue,
+            priority=self.options.priority if priority is None else priority,
+            enqueued_at=now,
+            eta_at=eta_at if eta_at is not None and eta_at > now else None,
+        )
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue a call with the task's default options; return at once with its handle."""
+        return self.app.enqueue_jobs([self.build(args, kwargs)])[0]
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Async form of :meth:`delay`, for producers running on an event loop."""
+        return (await self.app.enqueue_jobs_async([self.build(args, kwargs)]))[0]
+
+    def enqueue(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+    ) -> JobHandle[R]:
+        """Enqueue a call with explicit options.
+
+        ``delay`` is seconds from now and ``at`` an epoch time (give one of them);
+        ``priority`` (higher first) and ``queue`` override the task's defaults.
+        """
+        job = self.build(args, kwargs, delay=delay, at=at, priority=priority, queue=queue)
+        return self.app.enqueue_jobs([job])[0]
+
+    def map(self, calls: Iterable[Sequence[Any]]) -> list[JobHandle[R]]:
+        """Enqueue one job per tuple of positional arguments, all in one broker call."""
+        return self.app.enqueue_jobs([self.build(tuple(call)) for call in calls])
+
+
+class JobHandle(Generic[R]):
+    """A handle on an enqueued job: its id, its state and, when done, its result."""
+
+    def __init__(self, app: App, job_id: str) -> None:
+        self.app = app
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def status(self) -> JobState:
+        """Where the job stands now (a :class:`JobState`, comparable with plain strings)."""
+        return self.app.status(self.id)
+
+    def record(self) -> ResultRecord | None:
+        """The stored outcome, once the job finished (or ``None``)."""
+        return self.app.results.get(self.id)
+
+    def result(self, timeout: float | None = None, poll_interval: float = 0.005) -> R:
+        """Wait for the job to finish and return its value.
+
+        Raises :class:`JobFailedError` when it failed for good and
+        :class:`ResultTimeoutError` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_interval
+        while True:
+            record = self.app.results.get(self.id)
+            if record is not None and record.state.finished:
+                if record.state is JobState.SUCCEEDED:
+                    return decode_value(record.value) if record.value else None  # type: ignore[no-any-return]
+                raise JobFailedError(self.id, (record.error or "").split("\n", 1)[0])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")
+            left = 3600.0 if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(delay, left)))
+            delay = min(delay * 1.5, 0.25)

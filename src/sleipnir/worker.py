@@ -1,0 +1,502 @@
+"""The worker: one process that reserves jobs, runs them and settles them.
+
+One control thread (the caller of :meth:`Worker.run`) talks to the broker:
+it reserves jobs in batches (bounded prefetch), hands them to a thread pool
+(sync tasks) or to an event loop on its own thread (``async def`` tasks),
+renews the leases of everything it holds, and settles finished jobs in
+batches: outcomes are written to the result store first, then the jobs are
+acked or nacked. Task threads never touch the broker.
+
+What the worker guarantees:
+
+* a job is acked only after its outcome is stored (at least once);
+* a bad job (undecodable, unknown task, arguments that do not fit) goes to
+  the dead letters with the reason, and the worker carries on;
+* a failure is retried with exponential backoff and jitter until the task's
+  retries are used up, then the job fails and goes to the dead letters;
+* on stop, no new job is fetched, reserved jobs that did not start are given
+  back at once, running jobs get up to ``stop_timeout`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue as queue_module
+import random
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from .app import App
+from .brokers.base import Nack, Reservation
+from .errors import DecodeError, EncodeError, Fail, Retry, SleipnirError
+from .job import Job, decode_job, encode_value
+from .results import JobState, ResultRecord
+from .task import Task
+
+__all__ = ["Worker", "backoff_delay"]
+
+log = logging.getLogger("sleipnir.worker")
+
+CRASH_ALLOWANCE = 3
+"""Deliveries beyond ``retries + 1`` tolerated for jobs whose worker died mid-run.
+
+A job that kills its worker every time (a segfault, the OOM killer) is never
+seen to fail; after this many extra deliveries it goes to the dead letters.
+"""
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based).
+
+    Exponential (``base * 2**(attempt-1)``, at most ``cap``) with "equal
+    jitter": a uniform draw from the upper half, so retries of many jobs that
+    failed together spread out but none comes back sooner than half the delay.
+    """
+    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A reservation this worker holds, started or not."""
+
+    reservation: Reservation
+    job: Job | None
+    """``None`` when the body could not be decoded."""
+    task: Task[Any, Any] | None
+    """``None`` when the job was refused before it could run."""
+    started_at: float | None = None
+    lost: bool = False
+
+
+@dataclass(slots=True)
+class _Outcome:
+    held: _Held
+    state: JobState  # SUCCEEDED, FAILED or RETRYING
+    finished_at: float
+    value: bytes | None = None
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts since the worker started."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    lost_leases: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class Worker:
+    """Runs the jobs of ``queues`` from ``app``'s broker. See the module docstring."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int = 8,
+        prefetch: int | None = None,
+        lease: float | None = None,
+        burst: bool = False,
+        stop_timeout: float = 30.0,
+        settle_interval: float = 0.01,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.app = app
+        self.queues = list(queues) if queues else sorted(
+            {t.options.queue for t in app.tasks.values()} or {app.default_queue}
+        )
+        self.concurrency = concurrency
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self.lease = app.lease if lease is None else lease
+        if self.lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        self.burst = burst
+        self.stop_timeout = stop_timeout
+        self.settle_interval = settle_interval
+        self.rng = rng or random.Random()
+        self.stats = WorkerStats()
+        self._broker = app.broker
+        self._results = app.results
+        self._clock = app.clock
+        self._waiting: deque[_Held] = deque()
+        self._running: dict[str, _Held] = {}
+        self._done: queue_module.SimpleQueue[_Outcome] = queue_module.SimpleQueue()
+        self._unsettled: list[_Outcome] = []
+        self._unsettled_since = 0.0
+        self._stopping = threading.Event()
+        self._signals = 0
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    # -- public ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (what the first SIGTERM does)."""
+        self._stopping.set()
+
+    @property
+    def held(self) -> int:
+        """Jobs reserved by this worker and not yet settled."""
+        return len(self._waiting) + len(self._running) + len(self._unsettled)
+
+    def run(self) -> int:
+        """Work until stopped (or, in burst mode, until the queues are empty). Returns 0."""
+        restore = self._install_signal_handlers()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="sleipnir-task"
+        )
+        if any(t.is_async for t in self.app.tasks.values()):
+            self._start_loop()
+        self._warn_soft_limits()
+        log.info(
+            "worker %d on %s, queues %s, concurrency %d, lease %.1fs",
+            os.getpid(), self.app.broker_url, ",".join(self.queues), self.concurrency, self.lease,
+        )
+        try:
+            self._main_loop()
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            restore()
+        log.info(
+            "worker %d stopped: %d succeeded, %d failed, %d retried",
+            os.getpid(), self.stats.succeeded, self.stats.failed, self.stats.retried,
+        )
+        return 0
+
+    # -- the control loop -------------------------------------------------------
+
+    def _main_loop(self) -> None:
+        renew_every = self.lease / 3
+        next_renew = time.monotonic() + renew_every
+        next_purge = time.monotonic() + 60.0
+        while not self._stopping.is_set():
+            self._collect(block=False)
+            self._start_waiting()
+            if self._unsettled and (
+                not self._running
+                or len(self._unsettled) >= self.concurrency + self.prefetch
+                or time.monotonic() - self._unsettled_since >= self.settle_interval
+            ):
+                self._settle()
+            if time.monotonic() >= next_renew:
+                self._renew()
+                next_renew = time.monotonic() + renew_every
+            if time.monotonic() >= next_purge:
+                self._results.purge_expired()
+                next_purge = time.monotonic() + 300.0
+            room = self.concurrency + self.prefetch - len(self._running) - len(self._waiting)
+            fetched = self._reserve(room) if room > 0 and len(self._waiting) < self.concurrency else 0
+            self._start_waiting()
+            if fetched:
+                continue
+            if not self._running and not self._waiting and not self._unsettled:
+                if self.burst:
+                    return
+                self._broker.wait(self.queues, timeout=min(1.0, renew_every))
+            elif self._running:
+                timeout = self.settle_interval if self._unsettled else self._broker.poll_interval
+                self._collect(block=True, timeout=timeout)
+
+    def _drain(self) -> None:
+        """After a stop: give back what did not start, let running jobs finish, settle."""
+        waiting = [h.reservation for h in self._waiting]
+        self._waiting.clear()
+        if waiting:
+            self._broker.release(waiting)
+            log.info("gave back %d reserved jobs that had not started", len(waiting))
+        deadline = time.monotonic() + self.stop_timeout
+        next_renew = time.monotonic() + self.lease / 3
+        while self._running and self._signals < 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._collect(block=True, timeout=min(left, 0.1))
+            if time.monotonic() >= next_renew:
+                self._renew()
+                next_renew = time.monotonic() + self.lease / 3
+        self._collect(block=False)
+        if self._unsettled:
+            self._settle()
+        if self._running:
+            now = self._clock.time()
+            reason = f"worker {os.getpid()} stopped before the job finished"
+            self._broker.nack([Nack(h.reservation, now, reason) for h in self._running.values()])
+            log.warning(
+                "%d jobs still running after the %.1fs stop timeout were given back: %s",
+                len(self._running), self.stop_timeout, ", ".join(self._running),
+            )
+            self._running.clear()
+
+    # -- broker side ----------------------------------------------------------------
+
+    def _reserve(self, room: int) -> int:
+        try:
+            reservations = self._broker.reserve(self.queues, room, self.lease)
+        except SleipnirError as exc:
+            log.warning("reserve failed, retrying: %s", exc)
+            time.sleep(0.5)
+            return 0
+        bad: list[_Outcome] = []
+        for res in reservations:
+            held = self._admit(res)
+            if isinstance(held, _Outcome):
+                bad.append(held)
+            else:
+                self._waiting.append(held)
+        if bad:
+            self._unsettled.extend(bad)
+            self._settle()  # refused jobs settle now: their leases would otherwise run out
+        return len(reservations)
+
+    def _admit(self, res: Reservation) -> _Held | _Outcome:
+        """Decode and check a reservation; a job that cannot run becomes a dead outcome."""
+        try:
+            job = decode_job(res.body)
+        except DecodeError as exc:
+            return self._dead(_Held(res, None, None), str(exc))
+        try:
+            task = self.app.get_task(job.task)
+            task.check_arguments(job.args, job.kwargs)
+        except SleipnirError as exc:
+            return self._dead(_Held(res, job, None), str(exc))
+        held = _Held(res, job, task)
+        limit = task.options.retries + 1 + CRASH_ALLOWANCE
+        if res.attempt > limit:
+            return self._dead(
+                held,
+                f"delivered {res.attempt} times without finishing (limit {limit}): "
+                "its worker died or lost the lease each time",
+            )
+        return held
+
+    def _dead(self, held: _Held, reason: str) -> _Outcome:
+        log.error(
+            "job %s (%s) goes to the dead letters: %s", held.reservation.id, _name(held), reason
+        )
+        return _Outcome(held, JobState.FAILED, self._clock.time(), error=reason)
+
+    def _settle(self) -> None:
+        """Store outcomes, then ack the succeeded and nack the rest, in a few round trips."""
+        outcomes, self._unsettled = self._unsettled, []
+        expires_at = self._clock.time() + self.app.result_ttl
+        records = [
+            ResultRecord(
+                job_id=o.held.reservation.id,
+                state=o.state,
+                task=_name(o.held),
+                queue=o.held.reservation.queue,
+                attempt=o.held.reservation.attempt,
+                finished_at=o.finished_at,
+                expires_at=expires_at,
+                value=o.value,
+                error=o.error,
+                started_at=o.held.started_at,
+            )
+            for o in outcomes
+        ]
+        acks = [o.held.reservation for o in outcomes if o.state is JobState.SUCCEEDED]
+        nacks = [
+            Nack(o.held.reservation, o.retry_at, o.error or "")
+            for o in outcomes
+            if o.state is not JobState.SUCCEEDED
+        ]
+        while True:
+            try:
+                if records:
+                    self._results.put(records)
+                acked = self._broker.ack(acks) if acks else []
+                nacked = self._broker.nack(nacks) if nacks else []
+                break
+            except SleipnirError as exc:
+                # Nothing is lost by retrying: a repeated put replaces the same records,
+                # and a lease that ran out meanwhile makes the ack refuse, not misapply.
+                log.warning("settling %d jobs failed, retrying: %s", len(outcomes), exc)
+                if self._signals >= 2:
+                    return
+                time.sleep(0.5)
+        for o in outcomes:
+            if o.state is JobState.SUCCEEDED:
+                self.stats.succeeded += 1
+            elif o.state is JobState.RETRYING:
+                self.stats.retried += 1
+            else:
+                self.stats.failed += 1
+        lost = [r.id for r, ok in zip(acks, acked, strict=True) if not ok]
+        lost += [n.reservation.id for n, ok in zip(nacks, nacked, strict=True) if not ok]
+        if lost:
+            self.stats.lost_leases += len(lost)
+            log.warning("lease lost before settling, these jobs will run again: %s", ", ".join(lost))
+
+    def _renew(self) -> None:
+        held = [*self._running.values(), *self._waiting]
+        if not held:
+            return
+        try:
+            kept = self._broker.renew([h.reservation for h in held], self.lease)
+        except SleipnirError as exc:
+            log.warning("lease renewal failed: %s", exc)
+            return
+        for h, ok in zip(held, kept, strict=True):
+            if not ok and not h.lost:
+                h.lost = True
+                log.warning("lease of job %s was lost; another worker may run it", h.reservation.id)
+        self._waiting = deque(h for h in self._waiting if not h.lost)
+
+    # -- running tasks ----------------------------------------------------------------
+
+    def _start_waiting(self) -> None:
+        while self._waiting and len(self._running) < self.concurrency:
+            held = self._waiting.popleft()
+            held.started_at = self._clock.time()
+            self._running[held.reservation.id] = held
+            assert held.task is not None and held.job is not None
+            if held.task.is_async:
+                assert self._loop is not None
+                asyncio.run_coroutine_threadsafe(self._run_async(held), self._loop)
+            else:
+                assert self._pool is not None
+                self._pool.submit(self._run_sync, held)
+
+    def _collect(self, *, block: bool, timeout: float = 0.0) -> int:
+        got = 0
+        try:
+            if block:
+                outcome = self._done.get(timeout=timeout)
+                self._finish(outcome)
+                got += 1
+            while True:
+                self._finish(self._done.get_nowait())
+                got += 1
+        except queue_module.Empty:
+            pass
+        return got
+
+    def _finish(self, outcome: _Outcome) -> None:
+        self._running.pop(outcome.held.reservation.id, None)
+        if not self._unsettled:
+            self._unsettled_since = time.monotonic()
+        self._unsettled.append(outcome)
+
+    def _run_sync(self, held: _Held) -> None:
+        try:
+            value = held.task.fn(*held.job.args, **held.job.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure of task code is the job's outcome
+            self._done.put(self._failure(held, exc))
+        else:
+            self._done.put(self._success(held, value))
+
+    async def _run_async(self, held: _Held) -> None:
+        timeout = held.task.options.timeout
+        try:
+            coro = held.task.fn(*held.job.args, **held.job.kwargs)
+            value = await asyncio.wait_for(coro, timeout) if timeout else await coro
+        except BaseException as exc:  # noqa: BLE001 - see _run_sync
+            self._done.put(self._failure(held, exc))
+        else:
+            self._done.put(self._success(held, value))
+
+    def _success(self, held: _Held, value: Any) -> _Outcome:
+        try:
+            body = encode_value(value)
+        except EncodeError as exc:
+            return self._dead(held, str(exc))
+        return _Outcome(held, JobState.SUCCEEDED, self._clock.time(), value=body)
+
+    def _failure(self, held: _Held, exc: BaseException) -> _Outcome:
+        now = self._clock.time()
+        attempt = held.reservation.attempt
+        options = held.task.options
+        if isinstance(exc, Fail):
+            return self._dead(held, f"Fail: {exc.reason}")
+        if isinstance(exc, TimeoutError) and options.timeout:
+            error = f"TimeoutError: the job ran over its time limit of {options.timeout} s"
+        else:
+            error = _describe(exc)
+        if attempt > options.retries:
+            return self._dead(held, f"{error}\n(attempt {attempt} of {options.retries + 1}, no retries left)")
+        if isinstance(exc, Retry) and exc.after is not None:
+            delay = exc.after
+        else:
+            delay = backoff_delay(attempt, options.backoff, options.max_backoff, self.rng)
+        log.info("job %s (%s) attempt %d failed, retry in %.2fs: %s",
+                 held.reservation.id, held.job.task, attempt, delay, error.split("\n", 1)[0])
+        return _Outcome(held, JobState.RETRYING, now, error=error, retry_at=now + delay)
+
+    def _start_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._loop_thread = threading.Thread(
+            target=loop.run_forever, name="sleipnir-async", daemon=True
+        )
+        self._loop_thread.start()
+
+    def _warn_soft_limits(self) -> None:
+        soft = [t.name for t in self.app.tasks.values() if t.options.timeout and not t.is_async]
+        if soft:
+            log.warning(
+                "time limits of sync tasks are soft (a thread cannot be stopped safely): %s",
+                ", ".join(sorted(soft)),
+            )
+
+    # -- signals ----------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                log.warning(
+                    "%s: stopping; running jobs get %.1fs to finish (signal again to quit now)",
+                    signal.Signals(signum).name, self.stop_timeout,
+                )
+                self._stopping.set()
+            else:
+                log.warning("second signal: quitting now; leases bring the running jobs back")
+                os._exit(1)
+
+        for s in previous:
+            signal.signal(s, handle)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's first line, then its traceback: what ``dead list`` and the API show."""
+    head = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(exc)).rstrip()
+    return f"{head}\n{tb}"
+
+
+def _name(held: _Held) -> str:
+    return held.job.task if held.job is not None else "?"

@@ -1,0 +1,164 @@
+"""Backends under the contract suites, and the fixtures that open them.
+
+To put a new backend under the suites, add one :class:`Backend` to
+``BACKENDS``; the tests never name a backend. A backend that cannot do
+something every test assumes declares it by leaving a capability out of its
+``capabilities``; tests marked ``@pytest.mark.requires("<capability>")`` are
+then skipped for it, with the reason from ``CAPABILITIES``.
+
+Each test gets a fresh ``tmp_path``; a factory for a server backend should
+likewise give each test its own namespace (database, schema, key prefix or
+vhost) where the server allows it, because some operations are global
+(``retry_dead(None)``, ``delete_dead(None)``, ``purge_expired()``) and the
+tests count what they return. Queue names carry a random per-test prefix on
+top of that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from sleipnir.brokers.base import Broker
+from sleipnir.brokers.memory import MemoryBroker, MemoryResultStore
+from sleipnir.results import ResultStore
+from sleipnir.testing import FakeClock
+
+CAPABILITIES = {
+    "fake_clock": "honours the injected clock for leases, etas, retries and expiry",
+    "shared_between_instances": "two broker objects on one location share their jobs",
+}
+"""Capability name -> what a backend that has it does. The one place for this mapping."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to open one backend's broker and result store on a test's location."""
+
+    name: str
+    make_broker: Callable[[FakeClock, Path], Broker]
+    make_results: Callable[[FakeClock, Path], ResultStore]
+    capabilities: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = self.capabilities - CAPABILITIES.keys()
+        assert not unknown, f"{self.name}: unknown capabilities {sorted(unknown)}"
+
+
+def _import_backend(module: str) -> Any:
+    """Import a backend module lazily; skip while it is not written yet."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} does not exist yet")
+    return importlib.import_module(module)
+
+
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+def _sqlite_broker(clock: FakeClock, tmp_path: Path) -> Broker:
+    sqlite = _import_backend("sleipnir.brokers.sqlite")
+    broker: Broker = sqlite.SQLiteBroker(_sqlite_url(tmp_path), clock=clock)
+    return broker
+
+
+def _sqlite_results(clock: FakeClock, tmp_path: Path) -> ResultStore:
+    sqlite = _import_backend("sleipnir.brokers.sqlite")
+    store: ResultStore = sqlite.SQLiteResultStore(_sqlite_url(tmp_path), clock=clock)
+    return store
+
+
+BACKENDS = [
+    Backend(
+        name="memory",
+        make_broker=lambda clock, tmp_path: MemoryBroker(clock=clock),
+        make_results=lambda clock, tmp_path: MemoryResultStore(clock=clock),
+        capabilities=frozenset({"fake_clock"}),
+    ),
+    Backend(
+        name="sqlite",
+        make_broker=_sqlite_broker,
+        make_results=_sqlite_results,
+        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+    ),
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires(*capabilities): skip for backends without these capabilities "
+        f"(known: {', '.join(CAPABILITIES)})",
+    )
+
+
+@pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The backend under test; skips the test if it lacks a required capability."""
+    spec: Backend = request.param
+    for marker in request.node.iter_markers("requires"):
+        for capability in marker.args:
+            if capability not in CAPABILITIES:
+                pytest.fail(f"unknown capability {capability!r} in @requires")
+            if capability not in spec.capabilities:
+                reason = CAPABILITIES[capability]
+                pytest.skip(f"backend {spec.name!r} lacks {capability!r} ({reason})")
+    return spec
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Start at (a whole second of) the real time, so that timestamps stay
+    # plausible for a backend that reads its own clock.
+    return FakeClock(start_at=float(int(time.time())))
+
+
+@pytest.fixture
+def open_broker(
+    backend: Backend, clock: FakeClock, tmp_path: Path
+) -> Iterator[Callable[[], Broker]]:
+    """Open brokers on this test's location (all share it); closed after the test."""
+    opened: list[Broker] = []
+
+    def open_broker() -> Broker:
+        broker = backend.make_broker(clock, tmp_path)
+        opened.append(broker)
+        return broker
+
+    yield open_broker
+    for broker in reversed(opened):
+        broker.close()
+
+
+@pytest.fixture
+def broker(open_broker: Callable[[], Broker]) -> Broker:
+    return open_broker()
+
+
+@pytest.fixture
+def results(backend: Backend, clock: FakeClock, tmp_path: Path) -> Iterator[ResultStore]:
+    store = backend.make_results(clock, tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def new_queue() -> Callable[[], str]:
+    """Make queue names unique to this test: ``q<random>_1``, ``q<random>_2``, ..."""
+    prefix = f"q{uuid4().hex[:8]}"
+    counter = itertools.count(1)
+    return lambda: f"{prefix}_{next(counter)}"
+
+
+@pytest.fixture
+def queue(new_queue: Callable[[], str]) -> str:
+    return new_queue()
