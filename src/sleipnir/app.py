@@ -89,7 +89,9 @@ class App:
                 try:
                     kwargs[key] = kind(env[var])
                 except ValueError:
-                    raise ConfigurationError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
+                    raise ConfigurationError(
+                        f"{var}={env[var]!r} is not a {kind.__name__}"
+                    ) from None
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -130,8 +132,7 @@ class App:
 
     def task(
         self,
-        fn: Callable[P, R] | None = None,
-        /,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         queue: str | None = None,
@@ -140,7 +141,7 @@ class App:
         max_backoff: float = 300.0,
         timeout: float | None = None,
         priority: int = 0,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
         The task's name is the function's name unless ``name`` is given; it is
@@ -155,7 +156,7 @@ class App:
             priority=priority,
         )
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f.__name__
             if task_name in self.tasks and self.tasks[task_name].fn is not f:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
@@ -225,7 +226,7 @@ class App:
         """Close the broker and result store connections."""
         if self._broker is not None:
             self._broker.close()
-        if self._results is not None and self._results is not self._broker:
+        if self._results is not None:
             self._results.close()
 
 

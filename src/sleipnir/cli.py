@@ -37,7 +37,7 @@ def load_app(spec: str) -> App:
     return app
 
 
-class _AppType(click.ParamType):
+class _AppType(click.ParamType):  # type: ignore[type-arg]
     name = "module:app"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> App:
@@ -67,20 +67,48 @@ def main(verbose: bool) -> None:
 @main.command()
 @APP
 @click.option("-Q", "--queues", help="Comma-separated queues, served in this order.")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Jobs run at once (threads for sync tasks).")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Jobs run at once (threads for sync tasks).",
+)
 @click.option("--prefetch", type=click.IntRange(min=0), help="Jobs reserved ahead of a free slot.")
-@click.option("--lease", type=click.FloatRange(min=0, min_open=True),
-              help="Lease seconds (default: the App's).")
-@click.option("--stop-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds running jobs get to finish after SIGTERM.")
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Lease seconds (default: the App's).",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM.",
+)
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty.")
-def worker(app: App, queues: str | None, concurrency: int, prefetch: int | None,
-           lease: float | None, stop_timeout: float, burst: bool) -> None:
+def worker(
+    app: App,
+    queues: str | None,
+    concurrency: int,
+    prefetch: int | None,
+    lease: float | None,
+    stop_timeout: float,
+    burst: bool,
+) -> None:
     """Run a worker: reserve jobs from the queues, run them, ack them after they finish."""
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    code = Worker(app, names, concurrency=concurrency, prefetch=prefetch, lease=lease,
-                  stop_timeout=stop_timeout, burst=burst).run()
+    code = Worker(
+        app,
+        names,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        lease=lease,
+        stop_timeout=stop_timeout,
+        burst=burst,
+    ).run()
     app.close()
     sys.stdout.flush()
     # Task threads that outlived the stop timeout must not hold the process up:
@@ -96,8 +124,15 @@ def worker(app: App, queues: str | None, concurrency: int, prefetch: int | None,
 @click.option("--queue", help="Queue (default: the task's).")
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the job may run.")
 @click.option("--priority", type=int, help="Higher runs first.")
-def enqueue(app: App, task: str, args_json: str, kwargs_json: str, queue: str | None,
-            delay: float | None, priority: int | None) -> None:
+def enqueue(
+    app: App,
+    task: str,
+    args_json: str,
+    kwargs_json: str,
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+) -> None:
     """Enqueue one job of TASK and print its id."""
     try:
         args = json.loads(args_json)
@@ -120,7 +155,9 @@ def enqueue(app: App, task: str, args_json: str, kwargs_json: str, queue: str | 
 def queues(app: App) -> None:
     """Per queue: ready, scheduled, running and failed (dead) jobs."""
     rows = app.broker.stats()
-    click.echo(f"{'queue':<24}{'ready':>10}{'scheduled':>11}{'running':>9}{'failed':>8}  oldest ready")
+    click.echo(
+        f"{'queue':<24}{'ready':>10}{'scheduled':>11}{'running':>9}{'failed':>8}  oldest ready"
+    )
     now = app.clock.time()
     for s in rows:
         age = "-" if s.oldest_ready_at is None else f"{now - s.oldest_ready_at:.1f}s ago"
@@ -148,11 +185,23 @@ def dead_list(app: App, queue: str | None, limit: int, as_json: bool) -> None:
         except SleipnirError:
             task = "?"
         if as_json:
-            click.echo(json.dumps({"id": d.id, "queue": d.queue, "task": task, "attempt": d.attempt,
-                                   "failed_at": d.failed_at, "reason": d.reason}))
+            click.echo(
+                json.dumps(
+                    {
+                        "id": d.id,
+                        "queue": d.queue,
+                        "task": task,
+                        "attempt": d.attempt,
+                        "failed_at": d.failed_at,
+                        "reason": d.reason,
+                    }
+                )
+            )
         else:
             reason = d.reason.split("\n", 1)[0]
-            click.echo(f"{d.id}  {d.queue}  {task}  attempt {d.attempt}  {_when(d.failed_at)}  {reason}")
+            click.echo(
+                f"{d.id}  {d.queue}  {task}  attempt {d.attempt}  {_when(d.failed_at)}  {reason}"
+            )
     if not letters and not as_json:
         click.echo("no dead letters")
 

@@ -89,7 +89,7 @@ class JobFailedError(SleipnirError):
         super().__init__(f"job {job_id} failed: {error}")
 
 
-class TaskControl(Exception):  # noqa: N818 - control flow, not an error
+class TaskControl(Exception):
     """Base of the control-flow exceptions task code may raise."""
 
 

@@ -6,7 +6,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from .errors import InvalidArgumentsError, JobFailedError, ResultTimeoutError
 from .job import Job, decode_value, new_job_id
@@ -53,9 +53,7 @@ class Task(Generic[P, R]):
     :meth:`enqueue` put a job on the queue for a worker instead.
     """
 
-    def __init__(
-        self, app: App, fn: Callable[P, R], name: str, options: TaskOptions
-    ) -> None:
+    def __init__(self, app: App, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -177,7 +175,7 @@ class JobHandle(Generic[R]):
             record = self.app.results.get(self.id)
             if record is not None and record.state.finished:
                 if record.state is JobState.SUCCEEDED:
-                    return decode_value(record.value) if record.value else None  # type: ignore[no-any-return]
+                    return cast(R, decode_value(record.value) if record.value else None)
                 raise JobFailedError(self.id, (record.error or "").split("\n", 1)[0])
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")

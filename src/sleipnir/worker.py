@@ -55,17 +55,16 @@ seen to fail; after this many extra deliveries it goes to the dead letters.
 """
 
 
-def backoff_delay(
-    attempt: int, base: float, cap: float, rng: random.Random | None = None
-) -> float:
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based).
 
     Exponential (``base * 2**(attempt-1)``, at most ``cap``) with "equal
     jitter": a uniform draw from the upper half, so retries of many jobs that
     failed together spread out but none comes back sooner than half the delay.
     """
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
+    draw: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + draw
 
 
 @dataclass(slots=True)
@@ -122,8 +121,10 @@ class Worker:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.app = app
-        self.queues = list(queues) if queues else sorted(
-            {t.options.queue for t in app.tasks.values()} or {app.default_queue}
+        self.queues = (
+            list(queues)
+            if queues
+            else sorted({t.options.queue for t in app.tasks.values()} or {app.default_queue})
         )
         self.concurrency = concurrency
         self.prefetch = concurrency if prefetch is None else prefetch
@@ -171,7 +172,11 @@ class Worker:
         self._warn_soft_limits()
         log.info(
             "worker %d on %s, queues %s, concurrency %d, lease %.1fs",
-            os.getpid(), self.app.broker_url, ",".join(self.queues), self.concurrency, self.lease,
+            os.getpid(),
+            self.app.broker_url,
+            ",".join(self.queues),
+            self.concurrency,
+            self.lease,
         )
         try:
             self._main_loop()
@@ -183,7 +188,10 @@ class Worker:
             restore()
         log.info(
             "worker %d stopped: %d succeeded, %d failed, %d retried",
-            os.getpid(), self.stats.succeeded, self.stats.failed, self.stats.retried,
+            os.getpid(),
+            self.stats.succeeded,
+            self.stats.failed,
+            self.stats.retried,
         )
         return 0
 
@@ -209,7 +217,9 @@ class Worker:
                 self._results.purge_expired()
                 next_purge = time.monotonic() + 300.0
             room = self.concurrency + self.prefetch - len(self._running) - len(self._waiting)
-            fetched = self._reserve(room) if room > 0 and len(self._waiting) < self.concurrency else 0
+            fetched = (
+                self._reserve(room) if room > 0 and len(self._waiting) < self.concurrency else 0
+            )
             self._start_waiting()
             if fetched:
                 continue
@@ -247,7 +257,9 @@ class Worker:
             self._broker.nack([Nack(h.reservation, now, reason) for h in self._running.values()])
             log.warning(
                 "%d jobs still running after the %.1fs stop timeout were given back: %s",
-                len(self._running), self.stop_timeout, ", ".join(self._running),
+                len(self._running),
+                self.stop_timeout,
+                ", ".join(self._running),
             )
             self._running.clear()
 
@@ -349,7 +361,9 @@ class Worker:
         lost += [n.reservation.id for n, ok in zip(nacks, nacked, strict=True) if not ok]
         if lost:
             self.stats.lost_leases += len(lost)
-            log.warning("lease lost before settling, these jobs will run again: %s", ", ".join(lost))
+            log.warning(
+                "lease lost before settling, these jobs will run again: %s", ", ".join(lost)
+            )
 
     def _renew(self) -> None:
         held = [*self._running.values(), *self._waiting]
@@ -373,13 +387,14 @@ class Worker:
             held = self._waiting.popleft()
             held.started_at = self._clock.time()
             self._running[held.reservation.id] = held
-            assert held.task is not None and held.job is not None
-            if held.task.is_async:
+            task, job = held.task, held.job
+            assert task is not None and job is not None  # refused jobs never wait
+            if task.is_async:
                 assert self._loop is not None
-                asyncio.run_coroutine_threadsafe(self._run_async(held), self._loop)
+                asyncio.run_coroutine_threadsafe(self._run_async(held, task, job), self._loop)
             else:
                 assert self._pool is not None
-                self._pool.submit(self._run_sync, held)
+                self._pool.submit(self._run_sync, held, task, job)
 
     def _collect(self, *, block: bool, timeout: float = 0.0) -> int:
         got = 0
@@ -401,21 +416,21 @@ class Worker:
             self._unsettled_since = time.monotonic()
         self._unsettled.append(outcome)
 
-    def _run_sync(self, held: _Held) -> None:
+    def _run_sync(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
         try:
-            value = held.task.fn(*held.job.args, **held.job.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - every failure of task code is the job's outcome
-            self._done.put(self._failure(held, exc))
+            value = task.fn(*job.args, **job.kwargs)
+        except BaseException as exc:  # every failure of task code is the job's outcome
+            self._done.put(self._failure(held, task, exc))
         else:
             self._done.put(self._success(held, value))
 
-    async def _run_async(self, held: _Held) -> None:
-        timeout = held.task.options.timeout
+    async def _run_async(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
+        timeout = task.options.timeout
         try:
-            coro = held.task.fn(*held.job.args, **held.job.kwargs)
+            coro = task.fn(*job.args, **job.kwargs)
             value = await asyncio.wait_for(coro, timeout) if timeout else await coro
-        except BaseException as exc:  # noqa: BLE001 - see _run_sync
-            self._done.put(self._failure(held, exc))
+        except BaseException as exc:  # see _run_sync
+            self._done.put(self._failure(held, task, exc))
         else:
             self._done.put(self._success(held, value))
 
@@ -426,10 +441,10 @@ class Worker:
             return self._dead(held, str(exc))
         return _Outcome(held, JobState.SUCCEEDED, self._clock.time(), value=body)
 
-    def _failure(self, held: _Held, exc: BaseException) -> _Outcome:
+    def _failure(self, held: _Held, task: Task[Any, Any], exc: BaseException) -> _Outcome:
         now = self._clock.time()
         attempt = held.reservation.attempt
-        options = held.task.options
+        options = task.options
         if isinstance(exc, Fail):
             return self._dead(held, f"Fail: {exc.reason}")
         if isinstance(exc, TimeoutError) and options.timeout:
@@ -437,13 +452,21 @@ class Worker:
         else:
             error = _describe(exc)
         if attempt > options.retries:
-            return self._dead(held, f"{error}\n(attempt {attempt} of {options.retries + 1}, no retries left)")
+            return self._dead(
+                held, f"{error}\n(attempt {attempt} of {options.retries + 1}, no retries left)"
+            )
         if isinstance(exc, Retry) and exc.after is not None:
             delay = exc.after
         else:
             delay = backoff_delay(attempt, options.backoff, options.max_backoff, self.rng)
-        log.info("job %s (%s) attempt %d failed, retry in %.2fs: %s",
-                 held.reservation.id, held.job.task, attempt, delay, error.split("\n", 1)[0])
+        log.info(
+            "job %s (%s) attempt %d failed, retry in %.2fs: %s",
+            held.reservation.id,
+            task.name,
+            attempt,
+            delay,
+            error.split("\n", 1)[0],
+        )
         return _Outcome(held, JobState.RETRYING, now, error=error, retry_at=now + delay)
 
     def _start_loop(self) -> None:
@@ -474,7 +497,8 @@ class Worker:
             if self._signals == 1:
                 log.warning(
                     "%s: stopping; running jobs get %.1fs to finish (signal again to quit now)",
-                    signal.Signals(signum).name, self.stop_timeout,
+                    signal.Signals(signum).name,
+                    self.stop_timeout,
                 )
                 self._stopping.set()
             else:

@@ -359,7 +359,9 @@ class SQLiteBroker(Broker):
             else:
                 state = BrokerJobState.SCHEDULED
             return JobInfo(job_id, str(queue), state, int(attempt), last_error)  # type: ignore[arg-type, call-overload]
-        rows = self._db.read("SELECT queue, attempt, reason FROM sleipnir_dead WHERE id = ?", (job_id,))
+        rows = self._db.read(
+            "SELECT queue, attempt, reason FROM sleipnir_dead WHERE id = ?", (job_id,)
+        )
         if rows:
             queue, attempt, reason = rows[0]
             return JobInfo(job_id, str(queue), BrokerJobState.DEAD, int(attempt), str(reason))  # type: ignore[call-overload]
@@ -378,9 +380,14 @@ class SQLiteBroker(Broker):
             (now,),
         ):
             counts[str(queue)] = {
-                "ready": ready, "scheduled": scheduled, "running": running, "oldest_ready_at": oldest
+                "ready": ready,
+                "scheduled": scheduled,
+                "running": running,
+                "oldest_ready_at": oldest,
             }
-        for queue, dead in self._db.read("SELECT queue, COUNT(*) FROM sleipnir_dead GROUP BY queue"):
+        for queue, dead in self._db.read(
+            "SELECT queue, COUNT(*) FROM sleipnir_dead GROUP BY queue"
+        ):
             counts.setdefault(str(queue), {})["dead"] = dead
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]  # type: ignore[arg-type]
 
@@ -463,8 +470,16 @@ class SQLiteResultStore(ResultStore):
     def put(self, records: Sequence[ResultRecord]) -> None:
         rows = [
             (
-                r.job_id, r.state.value, r.task, r.queue, r.attempt, r.started_at,
-                r.finished_at, r.expires_at, r.value, r.error,
+                r.job_id,
+                r.state.value,
+                r.task,
+                r.queue,
+                r.attempt,
+                r.started_at,
+                r.finished_at,
+                r.expires_at,
+                r.value,
+                r.error,
             )
             for r in records
         ]
@@ -487,7 +502,7 @@ class SQLiteResultStore(ResultStore):
         job, state, task, queue, attempt, finished, expires, value, error, started = rows[0]
         return ResultRecord(
             job_id=str(job),
-            state=JobState(state),
+            state=JobState(str(state)),
             task=str(task),
             queue=str(queue),
             attempt=int(attempt),  # type: ignore[call-overload]
