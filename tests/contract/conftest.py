@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,9 +118,10 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    # Start at (a whole second of) the real time, so that timestamps stay
-    # plausible for a backend that reads its own clock.
-    return FakeClock(start_at=float(int(time.time())))
+    # Start a little before the real time, so that timestamps stay plausible for a
+    # backend that reads its own clock, at a fraction that binary floats and
+    # millisecond columns both hold exactly.
+    return FakeClock(start_at=math.floor(time.time()) - 0.5)
 
 
 @pytest.fixture

@@ -112,7 +112,8 @@ class QueueStats:
     running: int = 0
     dead: int = 0
     oldest_ready_at: float | None = None
-    """Enqueue (or due) time of the oldest ready job; ``None`` when none is ready."""
+    """Since when the longest-waiting ready job has been ready (its enqueue time, or the
+    time it came due); ``None`` when none is ready. ``now - oldest_ready_at`` is the lag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class DeadLetter:
     attempt: int
     reason: str
     failed_at: float
+    priority: int = 0
 
 
 class Broker(ABC):
@@ -168,7 +170,7 @@ class Broker(ABC):
 
     @abstractmethod
     def stats(self) -> list[QueueStats]:
-        """Counts per queue, for every queue that holds or held jobs."""
+        """Counts per queue, for every queue that holds or held jobs (drained ones show zeros)."""
 
     @abstractmethod
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:

@@ -150,6 +150,7 @@ class MemoryBroker(Broker):
                             attempt=entry.attempt,
                             reason=nack.reason,
                             failed_at=now,
+                            priority=entry.priority,
                         )
                     else:
                         entry.reserved = False
@@ -204,7 +205,7 @@ class MemoryBroker(Broker):
                         scheduled=sum(1 for e in entries if e.visible_at > now and not e.reserved),
                         running=sum(1 for e in entries if e.visible_at > now and e.reserved),
                         dead=sum(1 for d in self._dead.values() if d.queue == queue),
-                        oldest_ready_at=min((e.enqueued_at for e in ready), default=None),
+                        oldest_ready_at=min((e.visible_at for e in ready), default=None),
                     )
                 )
             return out
@@ -217,7 +218,7 @@ class MemoryBroker(Broker):
     def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
         now = self.clock.time()
         with self._lock:
-            chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+            chosen = self._chosen(ids)
             for job_id in chosen:
                 dead = self._dead.pop(job_id)
                 self._jobs[job_id] = _Entry(
@@ -225,16 +226,21 @@ class MemoryBroker(Broker):
                     id=job_id,
                     queue=dead.queue,
                     body=dead.body,
-                    priority=0,
+                    priority=dead.priority,
                     enqueued_at=now,
                     visible_at=now,
                 )
             self._changed.notify_all()
-        return chosen
+        return sorted(chosen)
+
+    def _chosen(self, ids: Sequence[str] | None) -> list[str]:
+        if ids is None:
+            return list(self._dead)
+        return [i for i in dict.fromkeys(ids) if i in self._dead]
 
     def delete_dead(self, ids: Sequence[str] | None = None) -> int:
         with self._lock:
-            chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+            chosen = self._chosen(ids)
             for job_id in chosen:
                 del self._dead[job_id]
         return len(chosen)

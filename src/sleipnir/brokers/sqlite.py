@@ -28,6 +28,7 @@ Schema (one file, three tables)::
                       enqueued_at REAL, last_error TEXT, body BLOB
                       index (queue, priority DESC, seq, visible_at, token)
     sleipnir_dead     id TEXT PRIMARY KEY, queue, priority, attempt, reason, failed_at, body
+    sleipnir_queues   name TEXT PRIMARY KEY     -- every queue ever used (filled by a trigger)
     sleipnir_results  job_id TEXT PRIMARY KEY, state, task, queue, attempt,
                       started_at, finished_at, expires_at, value BLOB, error TEXT
 
@@ -88,6 +89,9 @@ CREATE TABLE IF NOT EXISTS sleipnir_dead (
     failed_at REAL NOT NULL,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sleipnir_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS sleipnir_jobs_queue AFTER INSERT ON sleipnir_jobs
+    BEGIN INSERT OR IGNORE INTO sleipnir_queues (name) VALUES (NEW.queue); END;
 CREATE INDEX IF NOT EXISTS sleipnir_dead_order ON sleipnir_dead (failed_at, id);
 CREATE TABLE IF NOT EXISTS sleipnir_results (
     job_id TEXT PRIMARY KEY,
@@ -369,13 +373,15 @@ class SQLiteBroker(Broker):
 
     def stats(self) -> list[QueueStats]:
         now = self.clock.time()
-        counts: dict[str, dict[str, object]] = {}
+        counts: dict[str, dict[str, object]] = {
+            str(name): {} for (name,) in self._db.read("SELECT name FROM sleipnir_queues")
+        }
         for queue, ready, scheduled, running, oldest in self._db.read(
             "SELECT queue,"
             " SUM(visible_at <= ?1),"
             " SUM(visible_at > ?1 AND token = 0),"
             " SUM(visible_at > ?1 AND token != 0),"
-            " MIN(CASE WHEN visible_at <= ?1 THEN enqueued_at END)"
+            " MIN(CASE WHEN visible_at <= ?1 THEN visible_at END)"
             " FROM sleipnir_jobs GROUP BY queue",
             (now,),
         ):
@@ -394,7 +400,7 @@ class SQLiteBroker(Broker):
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         where, params = ("WHERE queue = ?", [queue]) if queue is not None else ("", [])
         rows = self._db.read(
-            "SELECT id, queue, body, attempt, reason, failed_at FROM sleipnir_dead"
+            "SELECT id, queue, body, attempt, reason, failed_at, priority FROM sleipnir_dead"
             f" {where} ORDER BY failed_at, id LIMIT ?",
             (*params, limit),
         )
