@@ -1,7 +1,7 @@
 """Sleipnir: durable background jobs for Python.
 
-A web request puts a job on a durable queue and answers at once; supervised
-worker processes run it behind it and acknowledge it only after it finished.
+A web request puts a job on a durable queue and answers at once; worker
+processes run it behind it and acknowledge it only after it finished.
 
     from sleipnir import App
 

@@ -145,7 +145,7 @@ class App:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
         The task's name is the function's name unless ``name`` is given; it is
-        what producers in other languages send to the HTTP API.
+        the name under which any producer (the CLI, another language) refers to it.
         """
         options = TaskOptions(
             queue=queue or self.default_queue,
@@ -200,8 +200,18 @@ class App:
         await self.broker.enqueue_async(envelopes)
         return [JobHandle(self, job.id) for job in jobs]
 
+    def retry_dead(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        """Put dead letters back on their queues (all when ``job_ids`` is None).
+
+        Their stored failure is forgotten, so their status reads "queued" again.
+        Returns the ids that were moved.
+        """
+        moved = self.broker.retry_dead(job_ids)
+        self.results.delete(moved)
+        return moved
+
     def job(self, job_id: str) -> JobHandle[Any]:
-        """A handle on a job by id (for example one received from an HTTP client)."""
+        """A handle on a job by id (for example one a client sent back to ask about it)."""
         return JobHandle(self, job_id)
 
     def status(self, job_id: str) -> JobState:

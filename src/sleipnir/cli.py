@@ -214,8 +214,7 @@ def dead_retry(app: App, ids: tuple[str, ...], everything: bool) -> None:
     """Put dead letters back on their queues (attempts counted from zero)."""
     if not ids and not everything:
         raise click.UsageError("give job ids or --all")
-    moved = app.broker.retry_dead(None if everything else list(ids))
-    app.results.delete(moved)
+    moved = app.retry_dead(None if everything else list(ids))
     missing = sorted(set(ids) - set(moved))
     click.echo(f"{len(moved)} job(s) back on their queues")
     if missing:

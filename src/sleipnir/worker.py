@@ -144,6 +144,10 @@ class Worker:
         self._done: queue_module.SimpleQueue[_Outcome] = queue_module.SimpleQueue()
         self._unsettled: list[_Outcome] = []
         self._unsettled_since = 0.0
+        self._settle_after = 0.0
+        # Explicit queues are served in the order given (the first one first);
+        # without them each reserve starts at the next queue, so none starves.
+        self._rotate = not queues
         self._stopping = threading.Event()
         self._signals = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -204,10 +208,14 @@ class Worker:
         while not self._stopping.is_set():
             self._collect(block=False)
             self._start_waiting()
-            if self._unsettled and (
-                not self._running
-                or len(self._unsettled) >= self.concurrency + self.prefetch
-                or time.monotonic() - self._unsettled_since >= self.settle_interval
+            if (
+                self._unsettled
+                and time.monotonic() >= self._settle_after
+                and (
+                    not self._running
+                    or len(self._unsettled) >= self.concurrency + self.prefetch
+                    or time.monotonic() - self._unsettled_since >= self.settle_interval
+                )
             ):
                 self._settle()
             if time.monotonic() >= next_renew:
@@ -249,8 +257,12 @@ class Worker:
                 self._renew()
                 next_renew = time.monotonic() + self.lease / 3
         self._collect(block=False)
-        if self._unsettled:
+        for _ in range(10):
+            if not self._unsettled or self._signals >= 2:
+                break
             self._settle()
+            if self._unsettled:
+                time.sleep(0.5)
         if self._running:
             now = self._clock.time()
             reason = f"worker {os.getpid()} stopped before the job finished"
@@ -266,8 +278,11 @@ class Worker:
     # -- broker side ----------------------------------------------------------------
 
     def _reserve(self, room: int) -> int:
+        queues = self.queues
+        if self._rotate and len(queues) > 1:
+            self.queues = queues = [*queues[1:], queues[0]]
         try:
-            reservations = self._broker.reserve(self.queues, room, self.lease)
+            reservations = self._broker.reserve(queues, room, self.lease)
         except SleipnirError as exc:
             log.warning("reserve failed, retrying: %s", exc)
             time.sleep(0.5)
@@ -329,6 +344,9 @@ class Worker:
                 started_at=o.held.started_at,
             )
             for o in outcomes
+            # A run whose lease is known lost does not speak for the job: another
+            # worker may be running it now, and its outcome is the one to keep.
+            if not o.held.lost
         ]
         acks = [o.held.reservation for o in outcomes if o.state is JobState.SUCCEEDED]
         nacks = [
@@ -336,20 +354,19 @@ class Worker:
             for o in outcomes
             if o.state is not JobState.SUCCEEDED
         ]
-        while True:
-            try:
-                if records:
-                    self._results.put(records)
-                acked = self._broker.ack(acks) if acks else []
-                nacked = self._broker.nack(nacks) if nacks else []
-                break
-            except SleipnirError as exc:
-                # Nothing is lost by retrying: a repeated put replaces the same records,
-                # and a lease that ran out meanwhile makes the ack refuse, not misapply.
-                log.warning("settling %d jobs failed, retrying: %s", len(outcomes), exc)
-                if self._signals >= 2:
-                    return
-                time.sleep(0.5)
+        try:
+            if records:
+                self._results.put(records)
+            acked = self._broker.ack(acks) if acks else []
+            nacked = self._broker.nack(nacks) if nacks else []
+        except SleipnirError as exc:
+            # Keep them and try again on a later turn of the loop, which meanwhile
+            # goes on renewing leases. Retrying loses nothing: a repeated put
+            # replaces the same records, and an ack whose lease ran out is refused.
+            log.warning("settling %d jobs failed, will retry: %s", len(outcomes), exc)
+            self._unsettled[:0] = outcomes
+            self._settle_after = time.monotonic() + 0.5
+            return
         for o in outcomes:
             if o.state is JobState.SUCCEEDED:
                 self.stats.succeeded += 1
@@ -447,7 +464,7 @@ class Worker:
         options = task.options
         if isinstance(exc, Fail):
             return self._dead(held, f"Fail: {exc.reason}")
-        if isinstance(exc, TimeoutError) and options.timeout:
+        if isinstance(exc, TimeoutError) and options.timeout and task.is_async:
             error = f"TimeoutError: the job ran over its time limit of {options.timeout} s"
         else:
             error = _describe(exc)
@@ -516,7 +533,7 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    """The error's first line, then its traceback: what ``dead list`` and the API show."""
+    """The error's first line, then its traceback: what ``dead list`` and ``result()`` show."""
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc)).rstrip()
     return f"{head}\n{tb}"

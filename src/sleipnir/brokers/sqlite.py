@@ -1,10 +1,10 @@
 """The embedded backend (``sqlite:///path/to/jobs.db``): one file, no server.
 
 Many producer and worker processes may share the file at once. It runs in
-WAL mode; every write is its own ``BEGIN IMMEDIATE`` transaction (taking the
-write lock up front, so the busy timeout applies instead of an instant
-"database is locked"), and one transaction reserves, acks or nacks a whole
-batch of jobs.
+WAL mode. Every multi-statement write is a ``BEGIN IMMEDIATE`` transaction
+(taking the write lock up front, so the busy timeout applies instead of an
+instant "database is locked"); a single enqueue is one autocommit INSERT.
+One transaction reserves, acks or nacks a whole batch of jobs.
 
 Durability, set with ``?sync=`` in the URL:
 
