@@ -163,18 +163,41 @@ class _Database:
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            if not self._ready:
-                with self._lock:
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
+            self._prepare(conn)
         except (sqlite3.Error, OSError) as exc:
             raise BrokerConnectionError(f"cannot open SQLite database {self.path}: {exc}") from exc
         with self._lock:
             self._all.append(conn)
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Switch a new file to WAL and create the schema, racing other processes safely.
+
+        Switching the journal mode and a first schema read can answer "database
+        is locked" at once, without waiting out the busy timeout, while another
+        process opens the same fresh file. Both steps are idempotent, so they
+        are retried until the busy timeout is spent.
+        """
+        if self._ready:
+            return
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+                break
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        self._ready = True
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
