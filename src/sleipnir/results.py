@@ -60,7 +60,12 @@ class ResultStore(ABC):
 
     @abstractmethod
     def put(self, records: Sequence[ResultRecord]) -> None:
-        """Store (or replace) the records, all in one go; durable when this returns."""
+        """Store the records, all in one go; durable when this returns.
+
+        A record replaces the stored one of the same job unless the stored one
+        is of a later attempt: a worker that lost its lease and settles late
+        must not overwrite the outcome of the delivery that replaced it.
+        """
 
     @abstractmethod
     def get(self, job_id: str) -> ResultRecord | None:

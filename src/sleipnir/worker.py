@@ -234,7 +234,7 @@ class Worker:
             if not self._running and not self._waiting and not self._unsettled:
                 if self.burst:
                     return
-                self._broker.wait(self.queues, timeout=min(1.0, renew_every))
+                self._broker.wait(self.queues, timeout=min(0.25, renew_every))
             elif self._running:
                 timeout = self.settle_interval if self._unsettled else self._broker.poll_interval
                 self._collect(block=True, timeout=timeout)

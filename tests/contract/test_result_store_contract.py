@@ -61,6 +61,16 @@ def test_put_replaces_an_existing_record(results: ResultStore, clock: FakeClock)
     assert_same(results.get(retrying.job_id), succeeded)
 
 
+def test_put_of_an_earlier_attempt_does_not_overwrite_a_later_one(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    # A worker that lost its lease may settle after the delivery that replaced it.
+    newer = make_record(clock, state=JobState.SUCCEEDED, attempt=2, value=b"2", error=None)
+    results.put([newer])
+    results.put([replace(newer, state=JobState.FAILED, attempt=1, value=None, error="stale")])
+    assert_same(results.get(newer.job_id), newer)
+
+
 @pytest.mark.requires("fake_clock")
 def test_record_past_expires_at_is_gone(results: ResultStore, clock: FakeClock) -> None:
     record = make_record(clock, expires_at=clock.time() + 10)

@@ -274,7 +274,9 @@ class MemoryResultStore(ResultStore):
     def put(self, records: Sequence[ResultRecord]) -> None:
         with self._lock:
             for record in records:
-                self._records[record.job_id] = record
+                old = self._records.get(record.job_id)
+                if old is None or old.attempt <= record.attempt:
+                    self._records[record.job_id] = record
 
     def get(self, job_id: str) -> ResultRecord | None:
         with self._lock:

@@ -514,9 +514,14 @@ class SQLiteResultStore(ResultStore):
         ]
         with self._db.write() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO sleipnir_results (job_id, state, task, queue, attempt,"
+                "INSERT INTO sleipnir_results (job_id, state, task, queue, attempt,"
                 " started_at, finished_at, expires_at, value, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET state = excluded.state,"
+                " task = excluded.task, queue = excluded.queue, attempt = excluded.attempt,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " expires_at = excluded.expires_at, value = excluded.value, error = excluded.error"
+                " WHERE excluded.attempt >= sleipnir_results.attempt",
                 rows,
             )
 
