@@ -174,6 +174,11 @@ class Worker:
         if any(t.is_async for t in self.app.tasks.values()):
             self._start_loop()
         self._warn_soft_limits()
+        try:
+            for warning in self._broker.durability_warnings():
+                log.warning("durability: %s", warning)
+        except SleipnirError as exc:
+            log.warning("could not check the broker's durability settings: %s", exc)
         log.info(
             "worker %d on %s, queues %s, concurrency %d, lease %.1fs",
             os.getpid(),

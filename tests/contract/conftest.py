@@ -16,6 +16,7 @@ top of that.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import itertools
@@ -34,6 +35,8 @@ from sleipnir.brokers.memory import MemoryBroker, MemoryResultStore
 from sleipnir.results import ResultStore
 from sleipnir.testing import FakeClock
 
+from ..conftest import require_server
+
 CAPABILITIES = {
     "fake_clock": "honours the injected clock for leases, etas, retries and expiry",
     "shared_between_instances": "two broker objects on one location share their jobs",
@@ -49,6 +52,8 @@ class Backend:
     make_broker: Callable[[FakeClock, Path], Broker]
     make_results: Callable[[FakeClock, Path], ResultStore]
     capabilities: frozenset[str] = frozenset()
+    cleanup: Callable[[Path], None] | None = None
+    """Removes what the test created on a shared server (its namespace only)."""
 
     def __post_init__(self) -> None:
         unknown = self.capabilities - CAPABILITIES.keys()
@@ -78,6 +83,41 @@ def _sqlite_results(clock: FakeClock, tmp_path: Path) -> ResultStore:
     return store
 
 
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def _redis_prefix(tmp_path: Path) -> str:
+    # One namespace per test, shared by every broker the test opens on it.
+    return f"sleipnir-test-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
+
+
+def _redis_url(tmp_path: Path) -> str:
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={_redis_prefix(tmp_path)}"
+
+
+def _redis_broker(clock: FakeClock, tmp_path: Path) -> Broker:
+    from sleipnir.brokers.redis import RedisBroker
+
+    return RedisBroker(_redis_url(tmp_path), clock=clock)
+
+
+def _redis_results(clock: FakeClock, tmp_path: Path) -> ResultStore:
+    from sleipnir.brokers.redis import RedisResultStore
+
+    return RedisResultStore(_redis_url(tmp_path), clock=clock)
+
+
+def _redis_cleanup(tmp_path: Path) -> None:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    keys = list(client.scan_iter(match=f"{_redis_prefix(tmp_path)}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 BACKENDS = [
     Backend(
         name="memory",
@@ -91,6 +131,13 @@ BACKENDS = [
         make_results=_sqlite_results,
         capabilities=frozenset({"fake_clock", "shared_between_instances"}),
     ),
+    Backend(
+        name="redis",
+        make_broker=_redis_broker,
+        make_results=_redis_results,
+        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+        cleanup=_redis_cleanup,
+    ),
 ]
 
 
@@ -103,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
-def backend(request: pytest.FixtureRequest) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The backend under test; skips the test if it lacks a required capability."""
     spec: Backend = request.param
     for marker in request.node.iter_markers("requires"):
@@ -113,7 +160,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
             if capability not in spec.capabilities:
                 reason = CAPABILITIES[capability]
                 pytest.skip(f"backend {spec.name!r} lacks {capability!r} ({reason})")
-    return spec
+    yield spec
+    if spec.cleanup is not None:
+        spec.cleanup(tmp_path)
 
 
 @pytest.fixture

@@ -27,8 +27,12 @@ def broker_from_url(url: str, clock: Clock) -> Broker:
         from .sqlite import SQLiteBroker
 
         return SQLiteBroker(url, clock=clock)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url, clock=clock)
     raise ConfigurationError(
-        f"no broker for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path"
+        f"no broker for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path, redis://host:port/db"
     )
 
 
@@ -43,6 +47,10 @@ def results_from_url(url: str, clock: Clock) -> ResultStore:
         from .sqlite import SQLiteResultStore
 
         return SQLiteResultStore(url, clock=clock)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisResultStore
+
+        return RedisResultStore(url, clock=clock)
     raise ConfigurationError(
-        f"no result store for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path"
+        f"no result store for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path, redis://host:port/db"
     )

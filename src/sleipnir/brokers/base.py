@@ -196,5 +196,9 @@ class Broker(ABC):
         """
         time.sleep(min(timeout, self.poll_interval))
 
+    def durability_warnings(self) -> list[str]:
+        """What in this broker's configuration can lose accepted jobs (logged at worker start)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""

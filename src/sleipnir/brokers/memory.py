@@ -257,6 +257,9 @@ class MemoryBroker(Broker):
                 del self._jobs[job_id]
         return len(doomed)
 
+    def durability_warnings(self) -> list[str]:
+        return ["the memory broker keeps nothing: every job is lost when this process ends"]
+
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)

@@ -1,0 +1,45 @@
+-- Lease up to `limit` jobs from the queues, in the order given.
+-- First, per queue, due scheduled jobs and expired leases go back to ready in their
+-- original FIFO place: this is how a dead worker's jobs come back, with no daemon.
+-- ARGV: prefix, now, lease_until, token, limit, queue...
+-- Returns a flat list: id, queue, priority, attempt, body for each leased job.
+local P, now, lease_until, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[5])
+local out = {}
+for qi = 6, #ARGV do
+  if limit <= 0 then break end
+  local q = ARGV[qi]
+  local ready, since = P .. ':ready:' .. q, P .. ':since:' .. q
+  for _, kind in ipairs({ 'sched', 'lease' }) do
+    local key = P .. ':' .. kind .. ':' .. q
+    local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+    for i = 1, #due, 2 do
+      local id = due[i]
+      local f = redis.call('HMGET', P .. ':job:' .. id, 'pri', 'seq')
+      redis.call('ZREM', key, id)
+      if f[1] then
+        if kind == 'lease' then redis.call('HSET', P .. ':job:' .. id, 'token', '0') end
+        redis.call('ZADD', ready,
+          string.format('%.0f', -tonumber(f[1]) * 17592186044416 + tonumber(f[2])), id)
+        redis.call('ZADD', since, due[i + 1], id)
+      end
+    end
+  end
+  local popped = redis.call('ZPOPMIN', ready, limit)
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local key = P .. ':job:' .. id
+    redis.call('ZREM', since, id)
+    local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+    redis.call('HSET', key, 'token', token)
+    redis.call('ZADD', P .. ':lease:' .. q, lease_until, id)
+    local f = redis.call('HMGET', key, 'pri', 'body')
+    out[#out + 1] = id
+    out[#out + 1] = q
+    out[#out + 1] = f[1]
+    out[#out + 1] = attempt
+    out[#out + 1] = f[2]
+    limit = limit - 1
+  end
+end
+return out

@@ -1,0 +1,45 @@
+-- Act on reservations: renew, ack, nack (retry or dead letter) or release.
+-- A reservation counts only while its token matches and its lease has not run out;
+-- otherwise the item answers 0 and nothing changes (the job may be another's now).
+-- ARGV: prefix, op, now, then per item: id, token, when (lease end / retry time / ""), reason
+local P, op, now = ARGV[1], ARGV[2], ARGV[3]
+local now_n = tonumber(now)
+local out = {}
+for i = 4, #ARGV, 4 do
+  local id, token, when, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = P .. ':job:' .. id
+  local f = redis.call('HMGET', key, 'token', 'queue', 'pri', 'seq')
+  local ok = 0
+  if f[1] == token then
+    local q = f[2]
+    local lease = P .. ':lease:' .. q
+    local ends = redis.call('ZSCORE', lease, id)
+    if ends and tonumber(ends) > now_n then
+      ok = 1
+      if op == 'renew' then
+        redis.call('ZADD', lease, when, id)
+      else
+        redis.call('ZREM', lease, id)
+        if op == 'ack' then
+          redis.call('DEL', key)
+        elseif op == 'release' then
+          redis.call('HINCRBY', key, 'attempt', -1)
+          redis.call('HSET', key, 'token', '0')
+          redis.call('ZADD', P .. ':ready:' .. q,
+            string.format('%.0f', -tonumber(f[3]) * 17592186044416 + tonumber(f[4])), id)
+          redis.call('ZADD', P .. ':since:' .. q, now, id)
+          redis.call('LPUSH', P .. ':wake:' .. q, 1)
+          redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
+        elseif when == '' then
+          redis.call('HSET', key, 'token', '0', 'err', reason, 'dead', now)
+          redis.call('ZADD', P .. ':dead:' .. q, now, id)
+        else
+          redis.call('HSET', key, 'token', '0', 'err', reason)
+          redis.call('ZADD', P .. ':sched:' .. q, when, id)
+        end
+      end
+    end
+  end
+  out[#out + 1] = ok
+end
+return out

@@ -1,0 +1,427 @@
+"""The Redis backend (``redis://host:port/db``, ``rediss://``, ``?prefix=``).
+
+Every state change is one Lua script, so it is atomic and one round trip,
+whatever the batch size. Scripts take ``now`` from the caller's clock (hosts
+must keep their clocks in sync, as with any lease system).
+
+Key layout (``P`` is the prefix, default ``sleipnir``)::
+
+    P:job:<id>        HASH   body, queue, pri, seq, attempt, token (0 = not leased),
+                             at (enqueued), err (last error), dead (failed_at, dead letters)
+    P:ready:<q>       ZSET   id -> ordering score: -priority * 2**44 + seq (ZPOPMIN = next)
+    P:since:<q>       ZSET   id -> time it became ready (for the queue's lag)
+    P:sched:<q>       ZSET   id -> due time (delayed jobs and retries waiting out a backoff)
+    P:lease:<q>       ZSET   id -> lease end of reserved jobs
+    P:dead:<q>        ZSET   id -> failed_at
+    P:queues          SET    every queue ever used
+    P:seq             STRING FIFO counter
+    P:wake:<q>        LIST   at most one token; idle workers BLPOP it to wake on enqueue
+    P:result:<id>     HASH   state, task, queue, attempt, started, finished, expires,
+                             value, error; expires at ``expires_at`` (PEXPIREAT)
+    P:result-expiry   ZSET   result id -> expires_at (for purge_expired)
+
+A reserve first moves due jobs from ``sched`` and expired leases from
+``lease`` back to ``ready`` (in their original FIFO place), so expired leases
+are reclaimed by any live worker's ordinary reserve, with no extra daemon.
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always``
+nothing acknowledged is lost; ``everysec`` may lose about a second of writes
+on a crash of the Redis host; without AOF a restart loses everything since the
+last snapshot. ``maxmemory-policy`` must be ``noeviction``: any other policy
+may evict job hashes or leases. :meth:`RedisBroker.durability_warnings` says
+which of these the server gets wrong; the worker logs them at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..clock import Clock, SystemClock
+from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
+from ..results import JobState, ResultRecord, ResultStore
+from .base import (
+    Broker,
+    BrokerJobState,
+    DeadLetter,
+    Envelope,
+    JobInfo,
+    Nack,
+    QueueStats,
+    Reservation,
+)
+
+__all__ = ["RedisBroker", "RedisResultStore", "connect"]
+
+_LUA = Path(__file__).with_name("lua")
+
+
+def _script(name: str) -> str:
+    return (_LUA / f"{name}.lua").read_text()
+
+
+def connect(url: str) -> tuple[Any, str]:
+    """A client for ``url`` and the key prefix named in it (``?prefix=``, default ``sleipnir``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(f"not a Redis URL: {url!r}")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    prefix = options.pop("prefix", "sleipnir")
+    if not prefix or any(c in prefix for c in " \n{}"):
+        raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
+    clean = urlunsplit(parts._replace(query=urlencode(options)))
+    try:
+        client: Any = redis.Redis.from_url(
+            clean,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+    return client, prefix
+
+
+@contextlib.contextmanager
+def _errors(url: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into Sleipnir's, naming the server."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerConnectionError(f"Redis at {url} unreachable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise BrokerError(f"Redis at {url} failed: {exc}") from exc
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBroker(Broker):
+    """The contract on Redis. See the module docstring for the key layout and guarantees."""
+
+    poll_interval = 0.05
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self.client, self.prefix = connect(url)
+        self._enqueue = self.client.register_script(_script("enqueue"))
+        self._reserve = self.client.register_script(_script("reserve"))
+        self._settle = self.client.register_script(_script("settle"))
+        self._dead_move = self.client.register_script(_script("dead"))
+        self._info = self.client.register_script(_script("info"))
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        args: list[Any] = [self.prefix, repr(self.clock.time())]
+        for e in envelopes:
+            args += [e.id, e.queue, e.priority, "" if e.eta_at is None else repr(e.eta_at), e.body]
+        with _errors(self.url):
+            self._enqueue(args=args)
+
+    def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock.time()
+        until = now + lease
+        token = str(time.time_ns() ^ id(self)) + str(limit)
+        with _errors(self.url):
+            flat = self._reserve(args=[self.prefix, repr(now), repr(until), token, limit, *queues])
+        return [
+            Reservation(
+                id=_s(flat[i]),
+                queue=_s(flat[i + 1]),
+                body=bytes(flat[i + 4]),
+                attempt=int(flat[i + 3]),
+                token=token,
+                lease_until=until,
+                priority=int(flat[i + 2]),
+            )
+            for i in range(0, len(flat), 5)
+        ]
+
+    def _run_settle(self, op: str, now: float, items: list[Any]) -> list[bool]:
+        if not items:
+            return []
+        with _errors(self.url):
+            out = self._settle(args=[self.prefix, op, repr(now), *items])
+        return [bool(int(x)) for x in out]
+
+    def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
+        now = self.clock.time()
+        items: list[Any] = []
+        for r in reservations:
+            items += [r.id, r.token, repr(now + lease), ""]
+        return self._run_settle("renew", now, items)
+
+    def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        items: list[Any] = []
+        for r in reservations:
+            items += [r.id, r.token, "", ""]
+        return self._run_settle("ack", self.clock.time(), items)
+
+    def nack(self, nacks: Sequence[Nack]) -> list[bool]:
+        items: list[Any] = []
+        for n in nacks:
+            when = "" if n.retry_at is None else repr(n.retry_at)
+            items += [n.reservation.id, n.reservation.token, when, n.reason]
+        return self._run_settle("nack", self.clock.time(), items)
+
+    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        items: list[Any] = []
+        for r in reservations:
+            items += [r.id, r.token, "", ""]
+        return self._run_settle("release", self.clock.time(), items)
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        with _errors(self.url):
+            got = self._info(args=[self.prefix, repr(self.clock.time()), job_id])
+        if not got:
+            return None
+        queue, state, attempt, err = got
+        return JobInfo(
+            id=job_id,
+            queue=_s(queue),
+            state=BrokerJobState(_s(state)),
+            attempt=int(attempt),
+            last_error=_s(err) if err else None,
+        )
+
+    def stats(self) -> list[QueueStats]:
+        now = repr(self.clock.time())
+        with _errors(self.url):
+            queues = sorted(_s(q) for q in self.client.smembers(self._key("queues")))
+            pipe = self.client.pipeline(transaction=True)
+            for q in queues:
+                pipe.zcard(self._key("ready", q))
+                pipe.zcount(self._key("sched", q), "-inf", now)
+                pipe.zcount(self._key("lease", q), "-inf", now)
+                pipe.zcount(self._key("sched", q), f"({now}", "+inf")
+                pipe.zcount(self._key("lease", q), f"({now}", "+inf")
+                pipe.zcard(self._key("dead", q))
+                pipe.zrange(self._key("since", q), 0, 0, withscores=True)
+                pipe.zrange(self._key("sched", q), 0, 0, withscores=True)
+                pipe.zrange(self._key("lease", q), 0, 0, withscores=True)
+            flat = pipe.execute()
+        out = []
+        for i, q in enumerate(queues):
+            ready, due, expired, sched, running, dead, since, first_due, first_exp = flat[
+                i * 9 : i * 9 + 9
+            ]
+            candidates = [s for (_, s) in since]
+            candidates += [s for (_, s) in first_due if due]
+            candidates += [s for (_, s) in first_exp if expired]
+            out.append(
+                QueueStats(
+                    queue=q,
+                    ready=ready + due + expired,
+                    scheduled=sched,
+                    running=running,
+                    dead=dead,
+                    oldest_ready_at=min(candidates) if candidates else None,
+                )
+            )
+        return out
+
+    def _queues(self) -> list[str]:
+        return sorted(_s(q) for q in self.client.smembers(self._key("queues")))
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        with _errors(self.url):
+            queues = [queue] if queue is not None else self._queues()
+            found: list[tuple[float, str]] = []
+            for q in queues:
+                found += [
+                    (score, _s(m))
+                    for m, score in self.client.zrange(
+                        self._key("dead", q), 0, limit - 1, withscores=True
+                    )
+                ]
+            found.sort(key=lambda t: (t[0], t[1]))
+            found = found[:limit]
+            pipe = self.client.pipeline(transaction=False)
+            for _, job_id in found:
+                pipe.hmget(self._key("job", job_id), "queue", "body", "attempt", "err", "pri")
+            rows = pipe.execute()
+        return [
+            DeadLetter(
+                id=job_id,
+                queue=_s(q),
+                body=bytes(body),
+                attempt=int(attempt),
+                reason=_s(err or b""),
+                failed_at=failed_at,
+                priority=int(pri or 0),
+            )
+            for (failed_at, job_id), (q, body, attempt, err, pri) in zip(found, rows, strict=True)
+            if body is not None
+        ]
+
+    def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
+        return self._dead_op("retry", ids)
+
+    def delete_dead(self, ids: Sequence[str] | None = None) -> int:
+        return len(self._dead_op("delete", ids))
+
+    def _dead_op(self, op: str, ids: Sequence[str] | None) -> list[str]:
+        if ids is not None and not ids:
+            return []
+        with _errors(self.url):
+            if ids is None:
+                ids = [
+                    _s(m)
+                    for q in self._queues()
+                    for m in self.client.zrange(self._key("dead", q), 0, -1)
+                ]
+            moved = self._dead_move(
+                args=[self.prefix, op, repr(self.clock.time()), *dict.fromkeys(ids)]
+            )
+        return sorted(_s(m) for m in moved)
+
+    def purge(self, queue: str) -> int:
+        with _errors(self.url):
+            return int(
+                self._dead_move(args=[self.prefix, "purge", repr(self.clock.time()), queue])[0]
+            )
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block on the queues' wake lists, or until the next scheduled job or lease end."""
+        if not queues:
+            time.sleep(timeout)
+            return
+        now = self.clock.time()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                pipe.zrange(self._key("sched", q), 0, 0, withscores=True)
+                pipe.zrange(self._key("lease", q), 0, 0, withscores=True)
+            for first in pipe.execute():
+                for _, due in first:
+                    timeout = min(timeout, max(0.0, due - now))
+            if timeout <= 0.001:
+                return
+            self.client.blpop([self._key("wake", q) for q in queues], timeout=timeout)
+        except redis.RedisError:
+            # The caller's next reserve reports the failure; here we only must not spin.
+            time.sleep(min(timeout, 0.5))
+
+    def durability_warnings(self) -> list[str]:
+        """What in the server's configuration can lose or evict accepted jobs."""
+        warnings = []
+        with _errors(self.url):
+            persistence = self.client.info("persistence")
+            memory = self.client.info("memory")
+            try:
+                fsync = _s(self.client.config_get("appendfsync").get("appendfsync", "?"))
+            except redis.ResponseError:  # CONFIG disabled on managed servers
+                fsync = "?"
+        if not int(persistence.get("aof_enabled", 0)):
+            warnings.append(
+                "Redis runs without AOF (appendonly no): a Redis restart loses every job "
+                "accepted since the last snapshot. Set appendonly yes."
+            )
+        elif fsync == "no":
+            warnings.append("Redis appendfsync is 'no': the OS decides when jobs reach the disk.")
+        elif fsync == "everysec":
+            warnings.append(
+                "Redis appendfsync is 'everysec': a crash of the Redis host may lose about a "
+                "second of accepted jobs. Use 'always' to lose none."
+            )
+        policy = _s(memory.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction":
+            warnings.append(
+                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts keys, "
+                "which may be jobs or their leases. Set maxmemory-policy noeviction."
+            )
+        return warnings
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisResultStore(ResultStore):
+    """Results as Redis hashes that expire by themselves."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self.client, self.prefix = connect(url)
+        self._put = self.client.register_script(_script("result_put"))
+
+    def put(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        args: list[Any] = [self.prefix]
+        for r in records:
+            args += [
+                r.job_id, r.state.value, r.task, r.queue, r.attempt,
+                "" if r.started_at is None else repr(r.started_at),
+                repr(r.finished_at), repr(r.expires_at),
+                r.value if r.value is not None else "", "1" if r.value is not None else "0",
+                r.error if r.error is not None else "", "1" if r.error is not None else "0",
+            ]  # fmt: skip
+        with _errors(self.url):
+            self._put(args=args)
+
+    def get(self, job_id: str) -> ResultRecord | None:
+        with _errors(self.url):
+            row = self.client.hgetall(f"{self.prefix}:result:{job_id}")
+        if not row:
+            return None
+        f = {_s(k): v for k, v in row.items()}
+        expires_at = float(f["expires"])
+        if expires_at <= self.clock.time():
+            return None
+        return ResultRecord(
+            job_id=job_id,
+            state=JobState(_s(f["state"])),
+            task=_s(f["task"]),
+            queue=_s(f["queue"]),
+            attempt=int(f["attempt"]),
+            finished_at=float(f["finished"]),
+            expires_at=expires_at,
+            value=bytes(f["value"]) if "value" in f else None,
+            error=_s(f["error"]) if "error" in f else None,
+            started_at=float(f["started"]) if "started" in f else None,
+        )
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        with _errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*[f"{self.prefix}:result:{i}" for i in job_ids])
+            pipe.zrem(f"{self.prefix}:result-expiry", *job_ids)
+            deleted, _ = pipe.execute()
+        return int(deleted)
+
+    def purge_expired(self) -> int:
+        key = f"{self.prefix}:result-expiry"
+        now = repr(self.clock.time())
+        with _errors(self.url):
+            ids = [_s(i) for i in self.client.zrangebyscore(key, "-inf", now)]
+            if not ids:
+                return 0
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*[f"{self.prefix}:result:{i}" for i in ids])
+            pipe.zrem(key, *ids)
+            pipe.execute()
+        return len(ids)
+
+    def close(self) -> None:
+        self.client.close()
