@@ -9,6 +9,7 @@ into a typed struct, so a malformed body fails loudly with :class:`DecodeError`.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -22,7 +23,9 @@ __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "Job", "decode_job", "encode_job", "new_
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -44,12 +47,14 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class _IdSource:
-    """Time-ordered, 128-bit ids as 26 Crockford base32 characters (ULID layout).
+    """Time-ordered, 128-bit ids as 26 Crockford base32 characters.
 
     The first 48 bits are the milliseconds since the epoch; within one
     millisecond ids from the same process increase by one, so they sort in
     creation order. Random bits come from ``os.urandom`` (no seeding, so forked
-    processes do not repeat each other).
+    processes do not repeat each other). The 128 bits are written most
+    significant first, five to a character (the last one carries three), in an
+    alphabet whose ASCII order is its numeric order, so ids sort as strings.
     """
 
     def __init__(self) -> None:
@@ -63,11 +68,7 @@ class _IdSource:
             if value <= self._last:
                 value = self._last + 1
             self._last = value
-        out = []
-        for _ in range(26):
-            out.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(out))
+        return base64.b32encode(value.to_bytes(16, "big"))[:26].translate(_TO_CROCKFORD).decode()
 
 
 _ids = _IdSource()
