@@ -81,7 +81,8 @@ def main() -> int:
     handles.append(demo_tasks.corrupt.delay("notes.txt"))
     latencies.sort()
     print(
-        f"enqueued {len(handles)} jobs: delay() p50 {latencies[len(latencies) // 2] / 1000:.0f} µs, "
+        f"enqueued {len(handles)} jobs: "
+        f"delay() p50 {latencies[len(latencies) // 2] / 1000:.0f} µs, "
         f"p99 {latencies[int(len(latencies) * 0.99)] / 1000:.0f} µs; "
         f"map() of {FLAKY} in {bulk_ns / 1000:.0f} µs"
     )
@@ -96,7 +97,7 @@ def main() -> int:
             cwd=workdir,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(workdir / f"worker-{n}.log", "w"),
+            stderr=open(workdir / f"worker-{n}.log", "w"),  # noqa: SIM115 - the child keeps it
         )
         for n in range(2)
     ]
@@ -115,7 +116,8 @@ def main() -> int:
     states = Counter(h.status().value for h in handles)
     retried = sum(1 for h in handles if (r := h.record()) and r.attempt > 1)
     print(
-        f"drained in {elapsed:.2f} s ({len(handles) / elapsed:.0f} jobs/s, worker start-up included)"
+        f"drained in {elapsed:.2f} s "
+        f"({len(handles) / elapsed:.0f} jobs/s, worker start-up included)"
     )
     print(f"outcomes: {dict(states)}; {retried} jobs needed more than one attempt")
     print("workers stopped on SIGTERM with exit codes", codes)
