@@ -192,8 +192,7 @@ class Worker:
             self._drain()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stop_loop()
             restore()
         log.info(
             "worker %d stopped: %d succeeded, %d failed, %d retried",
@@ -498,6 +497,16 @@ class Worker:
             target=loop.run_forever, name="sleipnir-async", daemon=True
         )
         self._loop_thread.start()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5.0)
+        if not thread.is_alive():  # a loop still running cannot be closed; exit ends it
+            loop.close()
+        self._loop = self._loop_thread = None
 
     def _warn_soft_limits(self) -> None:
         soft = [t.name for t in self.app.tasks.values() if t.options.timeout and not t.is_async]
