@@ -35,6 +35,7 @@ which of these the server gets wrong; the worker logs them at start.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -103,6 +104,25 @@ def _errors(url: str) -> Iterator[None]:
         raise BrokerError(f"Redis at {url} failed: {exc}") from exc
 
 
+class _Script:
+    """A Lua script called by EVALSHA, loaded again if the server lost it (a restart).
+
+    Calling ``execute_command`` directly skips redis-py's per-call argument
+    filtering in ``Script.__call__``: about 8 µs of a 100 µs round trip.
+    """
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.text = _script(name)
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+    def __call__(self, args: Sequence[Any]) -> Any:
+        try:
+            return self.client.execute_command("EVALSHA", self.sha, 0, *args)
+        except redis.exceptions.NoScriptError:
+            return self.client.execute_command("EVAL", self.text, 0, *args)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -116,11 +136,11 @@ class RedisBroker(Broker):
         self.url = url
         self.clock = clock or SystemClock()
         self.client, self.prefix = connect(url)
-        self._enqueue = self.client.register_script(_script("enqueue"))
-        self._reserve = self.client.register_script(_script("reserve"))
-        self._settle = self.client.register_script(_script("settle"))
-        self._dead_move = self.client.register_script(_script("dead"))
-        self._info = self.client.register_script(_script("info"))
+        self._enqueue = _Script(self.client, "enqueue")
+        self._reserve = _Script(self.client, "reserve")
+        self._settle = _Script(self.client, "settle")
+        self._dead_move = _Script(self.client, "dead")
+        self._info = _Script(self.client, "info")
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -132,7 +152,7 @@ class RedisBroker(Broker):
         for e in envelopes:
             args += [e.id, e.queue, e.priority, "" if e.eta_at is None else repr(e.eta_at), e.body]
         with _errors(self.url):
-            self._enqueue(args=args)
+            self._enqueue(args)
 
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
@@ -141,7 +161,7 @@ class RedisBroker(Broker):
         until = now + lease
         token = str(time.time_ns() ^ id(self)) + str(limit)
         with _errors(self.url):
-            flat = self._reserve(args=[self.prefix, repr(now), repr(until), token, limit, *queues])
+            flat = self._reserve([self.prefix, repr(now), repr(until), token, limit, *queues])
         return [
             Reservation(
                 id=_s(flat[i]),
@@ -159,7 +179,7 @@ class RedisBroker(Broker):
         if not items:
             return []
         with _errors(self.url):
-            out = self._settle(args=[self.prefix, op, repr(now), *items])
+            out = self._settle([self.prefix, op, repr(now), *items])
         return [bool(int(x)) for x in out]
 
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
@@ -190,7 +210,7 @@ class RedisBroker(Broker):
 
     def job_info(self, job_id: str) -> JobInfo | None:
         with _errors(self.url):
-            got = self._info(args=[self.prefix, repr(self.clock.time()), job_id])
+            got = self._info([self.prefix, repr(self.clock.time()), job_id])
         if not got:
             return None
         queue, state, attempt, err = got
@@ -295,9 +315,7 @@ class RedisBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with _errors(self.url):
-            return int(
-                self._dead_move(args=[self.prefix, "purge", repr(self.clock.time()), queue])[0]
-            )
+            return int(self._dead_move([self.prefix, "purge", repr(self.clock.time()), queue])[0])
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block on the queues' wake lists, or until the next scheduled job or lease end."""
@@ -361,7 +379,7 @@ class RedisResultStore(ResultStore):
         self.url = url
         self.clock = clock or SystemClock()
         self.client, self.prefix = connect(url)
-        self._put = self.client.register_script(_script("result_put"))
+        self._put = _Script(self.client, "result_put")
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         if not records:
@@ -376,7 +394,7 @@ class RedisResultStore(ResultStore):
                 r.error if r.error is not None else "", "1" if r.error is not None else "0",
             ]  # fmt: skip
         with _errors(self.url):
-            self._put(args=args)
+            self._put(args)
 
     def get(self, job_id: str) -> ResultRecord | None:
         with _errors(self.url):
