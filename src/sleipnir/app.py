@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,12 +44,16 @@ class App:
         result_ttl: float = 7 * 24 * 3600.0,
         clock: Clock | None = None,
     ) -> None:
-        if lease <= 0:
-            raise ConfigurationError("lease must be > 0 seconds")
+        # NaN passes every "<= 0" test and then compares false with every time:
+        # a NaN lease would hide a reserved job for ever. Ask for finite numbers.
+        if not 0 < lease < math.inf:
+            raise ConfigurationError(f"lease must be finite and > 0 seconds, not {lease!r}")
         if max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be > 0")
-        if result_ttl <= 0:
-            raise ConfigurationError("result_ttl must be > 0 seconds")
+        if not 0 < result_ttl < math.inf:
+            raise ConfigurationError(
+                f"result_ttl must be finite and > 0 seconds, not {result_ttl!r}"
+            )
         self.clock: Clock = clock or SystemClock()
         self.default_queue = default_queue
         self.lease = lease
@@ -205,9 +210,28 @@ class App:
 
         Their stored failure is forgotten, so their status reads "queued" again.
         Returns the ids that were moved.
+
+        The failure is forgotten *before* the move: once a job is back on its queue
+        a worker elsewhere may run it at once, and its new outcome must not be
+        deleted after the fact. If the move fails, the job stays a dead letter and
+        still reads "failed" from the broker; only the stored error text is gone.
         """
-        moved = self.broker.retry_dead(job_ids)
-        self.results.delete(moved)
+        if job_ids is not None:
+            chosen = [
+                job_id
+                for job_id in dict.fromkeys(job_ids)
+                if (info := self.broker.job_info(job_id)) is not None
+                and info.state is BrokerJobState.DEAD
+            ]
+            self.results.delete(chosen)
+            return self.broker.retry_dead(chosen) if chosen else []
+        moved: list[str] = []
+        while batch := [d.id for d in self.broker.dead_letters(limit=1000)]:
+            self.results.delete(batch)
+            done = self.broker.retry_dead(batch)
+            if not done:  # another process moved or deleted them meanwhile
+                break
+            moved += done
         return moved
 
     def job(self, job_id: str) -> JobHandle[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,21 @@ from .results import JobState, ResultRecord
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["JobHandle", "Task", "TaskOptions"]
+__all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "JobHandle", "Task", "TaskOptions"]
+
+MIN_PRIORITY = -255
+MAX_PRIORITY = 255
+"""Priorities every backend orders exactly (Redis scores, RabbitMQ's x-max-priority)."""
+
+
+def check_priority(priority: int) -> int:
+    """Return ``priority`` or raise ValueError when it is not an int in the range."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an int, not {type(priority).__name__}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+    return priority
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,10 +55,11 @@ class TaskOptions:
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError("backoff and max_backoff must be >= 0 seconds")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be > 0 seconds")
+        if not (0 <= self.backoff < math.inf and 0 <= self.max_backoff < math.inf):
+            raise ValueError("backoff and max_backoff must be finite and >= 0 seconds")
+        if self.timeout is not None and not 0 < self.timeout < math.inf:
+            raise ValueError("timeout must be finite and > 0 seconds")
+        check_priority(self.priority)
 
 
 class Task(Generic[P, R]):
@@ -93,8 +109,10 @@ class Task(Generic[P, R]):
         self.check_arguments(args, kwargs)
         if delay is not None and at is not None:
             raise ValueError("give either delay= (seconds from now) or at= (epoch seconds)")
-        if delay is not None and delay < 0:
-            raise ValueError("delay must be >= 0 seconds")
+        if delay is not None and not 0 <= delay < math.inf:
+            raise ValueError("delay must be finite and >= 0 seconds")
+        if at is not None and not math.isfinite(at):
+            raise ValueError("at must be a finite epoch time in seconds")
         now = self.app.clock.time()
         eta_at = now + delay if delay else at
         return Job(
@@ -103,7 +121,7 @@ class Task(Generic[P, R]):
             args=list(args),
             kwargs=dict(kwargs),
             queue=queue or self.options.queue,
-            priority=self.options.priority if priority is None else priority,
+            priority=self.options.priority if priority is None else check_priority(priority),
             enqueued_at=now,
             eta_at=eta_at if eta_at is not None and eta_at > now else None,
         )

@@ -226,7 +226,10 @@ class Worker:
                 self._renew()
                 next_renew = time.monotonic() + renew_every
             if time.monotonic() >= next_purge:
-                self._results.purge_expired()
+                try:
+                    self._results.purge_expired()
+                except SleipnirError as exc:
+                    log.warning("could not purge expired results, will try later: %s", exc)
                 next_purge = time.monotonic() + 300.0
             room = self.concurrency + self.prefetch - len(self._running) - len(self._waiting)
             fetched = (
@@ -238,7 +241,11 @@ class Worker:
             if not self._running and not self._waiting and not self._unsettled:
                 if self.burst:
                     return
-                self._broker.wait(self.queues, timeout=min(0.25, renew_every))
+                try:
+                    self._broker.wait(self.queues, timeout=min(0.25, renew_every))
+                except SleipnirError as exc:
+                    log.warning("waiting for jobs failed, retrying: %s", exc)
+                    self._stopping.wait(0.5)
             elif self._running:
                 timeout = self.settle_interval if self._unsettled else self._broker.poll_interval
                 self._collect(block=True, timeout=timeout)
@@ -248,8 +255,14 @@ class Worker:
         waiting = [h.reservation for h in self._waiting]
         self._waiting.clear()
         if waiting:
-            self._broker.release(waiting)
-            log.info("gave back %d reserved jobs that had not started", len(waiting))
+            try:
+                self._broker.release(waiting)
+                log.info("gave back %d reserved jobs that had not started", len(waiting))
+            except SleipnirError as exc:
+                # Nothing is lost: their leases run out and another worker takes them.
+                log.warning(
+                    "could not give back %d jobs (%s); their leases will", len(waiting), exc
+                )
         deadline = time.monotonic() + self.stop_timeout
         next_renew = time.monotonic() + self.lease / 3
         while self._running and self._signals < 2:
@@ -270,7 +283,12 @@ class Worker:
         if self._running:
             now = self._clock.time()
             reason = f"worker {os.getpid()} stopped before the job finished"
-            self._broker.nack([Nack(h.reservation, now, reason) for h in self._running.values()])
+            try:
+                self._broker.nack(
+                    [Nack(h.reservation, now, reason) for h in self._running.values()]
+                )
+            except SleipnirError as exc:
+                log.warning("could not give back running jobs (%s); their leases will", exc)
             log.warning(
                 "%d jobs still running after the %.1fs stop timeout were given back: %s",
                 len(self._running),

@@ -1,173 +1,230 @@
+"""The App: registering tasks, finding them, configuration, the public names."""
+
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 import sleipnir
-from sleipnir import (
-    App,
-    ConfigurationError,
-    EncodeError,
-    InvalidArgumentsError,
-    JobState,
-    PayloadTooLargeError,
-    UnknownTaskError,
-)
+from sleipnir import App, ConfigurationError, Task, UnknownTaskError
 from sleipnir.testing import FakeClock
 
-
-def test_public_names_are_exactly_these() -> None:
-    assert set(sleipnir.__all__) == {
-        "App", "Broker", "BrokerConnectionError", "BrokerError", "Clock", "ConfigurationError",
-        "DecodeError", "EncodeError", "Fail", "InvalidArgumentsError", "Job", "JobFailedError",
-        "JobHandle", "JobNotFoundError", "JobState", "PayloadTooLargeError", "ResultStore",
-        "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task", "TaskControl",
-        "UnknownTaskError", "Worker", "__version__",
-    }  # fmt: skip
-    for name in sleipnir.__all__:
-        assert getattr(sleipnir, name) is not None
+PUBLIC_NAMES = {
+    "App", "Broker", "BrokerConnectionError", "BrokerError", "Clock", "ConfigurationError",
+    "DecodeError", "EncodeError", "Fail", "InvalidArgumentsError", "Job", "JobFailedError",
+    "JobHandle", "JobNotFoundError", "JobState", "PayloadTooLargeError", "ResultStore",
+    "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task", "TaskControl",
+    "UnknownTaskError", "Worker", "__version__",
+}  # fmt: skip
 
 
-def test_every_error_is_a_sleipnir_error_and_task_control_is_not() -> None:
-    for name in ("BrokerConnectionError", "PayloadTooLargeError", "JobFailedError",
-                 "UnknownTaskError", "InvalidArgumentsError", "DecodeError"):  # fmt: skip
-        assert issubclass(getattr(sleipnir, name), sleipnir.SleipnirError)
-    assert not issubclass(sleipnir.Retry, sleipnir.SleipnirError)
-    assert not issubclass(sleipnir.Fail, sleipnir.SleipnirError)
+def test_public_names_are_exactly_these_and_all_importable() -> None:
+    assert set(sleipnir.__all__) == PUBLIC_NAMES
+    assert len(sleipnir.__all__) == len(PUBLIC_NAMES)  # no name listed twice
+    namespace: dict[str, object] = {}
+    exec(f"from sleipnir import {', '.join(sorted(PUBLIC_NAMES))}", namespace)
+    for name in PUBLIC_NAMES:
+        assert namespace[name] is getattr(sleipnir, name)
 
 
-def test_task_registers_under_its_function_name_with_options(app: App) -> None:
-    @app.task(queue="images", retries=5, timeout=60.0, priority=3)
+def test_errors_form_one_tree_and_task_control_stays_outside_it() -> None:
+    errors = PUBLIC_NAMES - {"SleipnirError", "Retry", "Fail", "TaskControl"}
+    errors = {n for n in errors if n.endswith("Error")}
+    assert errors  # the filter kept something
+    for name in errors:
+        assert issubclass(getattr(sleipnir, name), sleipnir.SleipnirError), name
+    for name in ("Retry", "Fail"):
+        control = getattr(sleipnir, name)
+        assert issubclass(control, sleipnir.TaskControl)
+        assert not issubclass(control, sleipnir.SleipnirError)
+
+
+def test_bare_decorator_registers_under_the_function_name(app: App) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert isinstance(add, Task)
+    assert app.get_task("add") is add
+    assert add.name == "add"
+    assert add.options.queue == "default"
+    assert add(2, 3) == 5  # calling the task runs the function here and now
+    assert app.broker.stats() == []  # ... and enqueues nothing
+
+
+def test_decorator_with_options_registers_under_the_function_name(app: App) -> None:
+    @app.task(queue="images", retries=5, backoff=2.0, max_backoff=9.0, timeout=60.0, priority=3)
     def resize(path: str, width: int) -> str:
         return f"{path}@{width}"
 
     assert app.get_task("resize") is resize
-    assert (resize.options.queue, resize.options.retries, resize.options.priority) == (
-        "images", 5, 3
-    )  # fmt: skip
-    assert resize("a.jpg", 200) == "a.jpg@200"  # calling it runs it here
+    options = resize.options
+    assert (options.queue, options.retries, options.backoff) == ("images", 5, 2.0)
+    assert (options.max_backoff, options.timeout, options.priority) == (9.0, 60.0, 3)
+    assert resize("a.jpg", 200) == "a.jpg@200"
 
 
-def test_two_tasks_with_one_name_are_refused(app: App) -> None:
+def test_name_option_overrides_the_function_name(app: App) -> None:
+    @app.task(name="mail.send")
+    def send() -> str:
+        return "sent"
+
+    assert app.get_task("mail.send") is send
+    assert "send" not in app.tasks
+
+
+def test_tasks_without_a_queue_use_the_apps_default_queue(clock: FakeClock) -> None:
+    app = App(broker="memory://", clock=clock, default_queue="jobs")
+
+    @app.task
+    def work() -> None: ...
+
+    assert work.options.queue == "jobs"
+
+
+def test_a_second_task_under_a_taken_name_is_refused(app: App) -> None:
     @app.task
     def send() -> None: ...
 
-    with pytest.raises(ConfigurationError, match="already registered"):
+    with pytest.raises(ConfigurationError, match="'send' is already registered"):
 
         @app.task(name="send")
         def other() -> None: ...
 
+    assert app.get_task("send") is send  # the first one stays
+
 
 def test_unknown_task_names_the_registered_ones(app: App) -> None:
     @app.task
-    def known() -> None: ...
+    def beta() -> None: ...
 
-    with pytest.raises(UnknownTaskError, match="registered: known"):
+    @app.task
+    def alpha() -> None: ...
+
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'nope' \(registered: alpha, beta\)"):
         app.get_task("nope")
 
 
-def test_default_app_uses_sleipnir_db_in_the_working_directory_without_creating_it(
+def test_unknown_task_on_an_empty_app_says_none_are_registered(app: App) -> None:
+    with pytest.raises(UnknownTaskError, match="registered: none"):
+        app.get_task("nope")
+
+
+@pytest.mark.parametrize(
+    "options", [{"retries": -1}, {"backoff": -1.0}, {"max_backoff": -1.0}, {"timeout": 0.0}]
+)
+def test_bad_task_options_are_refused_at_registration(app: App, options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+
+        @app.task(**options)  # type: ignore[call-overload]
+        def work() -> None: ...
+
+    assert app.tasks == {}
+
+
+@pytest.mark.parametrize("option", ["lease", "max_payload_bytes", "result_ttl"])
+def test_app_settings_must_be_above_zero(option: str) -> None:
+    with pytest.raises(ConfigurationError, match=option):
+        App(broker="memory://", **{option: 0})
+
+
+def test_from_env_reads_the_sleipnir_variables() -> None:
+    app = App.from_env(
+        {
+            "SLEIPNIR_BROKER": "memory://",
+            "SLEIPNIR_RESULTS": "memory://results",
+            "SLEIPNIR_QUEUE": "mail",
+            "SLEIPNIR_LEASE": "12.5",
+            "SLEIPNIR_MAX_PAYLOAD_BYTES": "2048",
+            "SLEIPNIR_RESULT_TTL": "60",
+        }
+    )
+    assert (app.broker_url, app.results_url, app.default_queue) == (
+        "memory://", "memory://results", "mail"
+    )  # fmt: skip
+    assert (app.lease, app.max_payload_bytes, app.result_ttl) == (12.5, 2048, 60.0)
+
+
+def test_from_env_keywords_win_and_empty_variables_keep_the_default() -> None:
+    env = {"SLEIPNIR_BROKER": "memory://", "SLEIPNIR_LEASE": "12.5", "SLEIPNIR_QUEUE": ""}
+    app = App.from_env(env, lease=60.0)
+    assert app.lease == 60.0
+    assert app.default_queue == "default"
+
+
+def test_from_env_does_not_read_os_environ_when_given_a_mapping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLEIPNIR_LEASE", "99")
+    assert App.from_env({"SLEIPNIR_BROKER": "memory://"}).lease == 30.0
+    assert App.from_env({"SLEIPNIR_BROKER": "memory://"}) is not None
+    monkeypatch.setenv("SLEIPNIR_BROKER", "memory://")
+    assert App.from_env().lease == 99.0  # without a mapping: os.environ
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("SLEIPNIR_LEASE", "soon"),
+        ("SLEIPNIR_LEASE", "1,5"),
+        ("SLEIPNIR_MAX_PAYLOAD_BYTES", "1.5"),
+        ("SLEIPNIR_MAX_PAYLOAD_BYTES", "1MB"),
+        ("SLEIPNIR_RESULT_TTL", "a week"),
+    ],
+)
+def test_from_env_refuses_a_value_that_is_not_a_number(var: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=var):
+        App.from_env({"SLEIPNIR_BROKER": "memory://", var: value})
+
+
+@pytest.mark.parametrize("var", ["SLEIPNIR_LEASE", "SLEIPNIR_RESULT_TTL"])
+def test_from_env_refuses_nan_seconds(var: str) -> None:
+    # float("nan") parses, but a NaN lease makes every reserved job invisible for ever
+    # (no comparison with NaN is true), and a NaN TTL makes every result vanish.
+    with pytest.raises(ConfigurationError):
+        App.from_env({"SLEIPNIR_BROKER": "memory://", var: "nan"})
+
+
+def test_unknown_broker_scheme_is_a_configuration_error() -> None:
+    app = App(broker="kafka://somewhere")  # building connects to nothing ...
+    with pytest.raises(ConfigurationError, match="no broker for URL scheme 'kafka'"):
+        _ = app.broker  # ... the first use does
+
+
+def test_default_app_is_sleipnir_db_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     app = App()
+    assert app.broker_url.startswith("sqlite:///")
+    assert app.broker_url.endswith("sleipnir.db")
     assert app.broker_url == f"sqlite://{tmp_path / 'sleipnir.db'}"
-    assert not (tmp_path / "sleipnir.db").exists()  # nothing connects before first use
+    assert app.results_url == app.broker_url
 
 
-def test_from_env_reads_sleipnir_variables() -> None:
-    env = {"SLEIPNIR_BROKER": "memory://", "SLEIPNIR_LEASE": "12.5"}
-    env |= {"SLEIPNIR_MAX_PAYLOAD_BYTES": "2048", "SLEIPNIR_QUEUE": "mail"}
-    app = App.from_env(env)
-    assert (app.broker_url, app.lease, app.max_payload_bytes, app.default_queue) == (
-        "memory://", 12.5, 2048, "mail"
-    )  # fmt: skip
-    with pytest.raises(ConfigurationError, match="SLEIPNIR_LEASE"):
-        App.from_env({"SLEIPNIR_LEASE": "soon"})
-
-
-def test_unknown_broker_scheme_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="no broker for URL scheme"):
-        _ = App(broker="kafka://x").broker
-
-
-def test_arguments_that_do_not_fit_are_refused_and_nothing_is_stored(app: App) -> None:
-    @app.task
-    def resize(path: str, width: int) -> None: ...
-
-    with pytest.raises(InvalidArgumentsError, match="width"):
-        resize.delay("a.jpg")  # type: ignore[call-arg]
-    with pytest.raises(EncodeError):
-        resize.delay("a.jpg", width=object())  # type: ignore[arg-type]
-    assert app.broker.stats() == []
-
-
-def test_payload_over_the_limit_is_refused_before_the_broker(clock: FakeClock) -> None:
-    app = App(broker="memory://", clock=clock, max_payload_bytes=1000)
+def test_default_app_creates_nothing_on_disk_until_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = App()
 
     @app.task
-    def store(blob: str) -> None: ...
+    def work() -> None: ...
 
-    with pytest.raises(PayloadTooLargeError, match="over the limit of 1000 bytes"):
-        store.map([("x",), ("y" * 2000,)])  # one too large: none of the batch is stored
-    assert app.broker.stats() == []
-    store.delay("x" * 500)
-    assert app.broker.stats()[0].ready == 1
-
-
-def test_default_payload_limit_is_one_mebibyte(app: App) -> None:
-    @app.task
-    def store(blob: str) -> None: ...
-
-    with pytest.raises(PayloadTooLargeError):
-        store.delay("x" * (1024 * 1024))
+    repr(app)
+    assert list(tmp_path.iterdir()) == []
+    work.delay()
+    try:
+        assert (tmp_path / "sleipnir.db").exists()
+    finally:
+        app.close()
 
 
-def test_delay_and_at_schedule_a_job(app: App, clock: FakeClock) -> None:
-    @app.task
-    def later() -> None: ...
-
-    by_delay = later.enqueue(delay=10.0)
-    by_time = later.enqueue(at=clock.time() + 20.0)
-    assert by_delay.status() == JobState.SCHEDULED == by_time.status()
-    clock.advance(10.0)
-    assert (by_delay.status(), by_time.status()) == ("queued", "scheduled")
-    with pytest.raises(ValueError, match="either delay"):
-        later.enqueue(delay=1.0, at=clock.time())
-
-
-def test_enqueue_overrides_queue_and_priority_and_map_is_one_batch(app: App) -> None:
-    @app.task
-    def work(i: int) -> None: ...
-
-    work.enqueue((1,), queue="urgent", priority=5)
-    handles = work.map([(i,) for i in range(10)])
-    assert len(handles) == 10
-    stats = {s.queue: s.ready for s in app.broker.stats()}
-    assert stats == {"urgent": 1, "default": 10}
-    reserved = app.broker.reserve(["urgent"], 1, 30.0)
-    assert reserved[0].priority == 5
-
-
-def test_job_ids_are_unique_and_time_ordered(app: App) -> None:
-    @app.task
-    def work(i: int) -> None: ...
-
-    ids = [work.delay(i).id for i in range(500)]
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 500
-    assert all(len(i) == 26 for i in ids)
-
-
-def test_delay_async(app: App) -> None:
-    @app.task
-    def work(i: int) -> None: ...
-
-    handle = asyncio.run(work.delay_async(1))
-    assert handle.status() == "queued"
-
-
-def test_status_of_an_unknown_job_is_unknown(app: App) -> None:
-    assert app.job("nope").status() == JobState.UNKNOWN
+def test_relative_sqlite_url_is_pinned_to_the_directory_of_the_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = App(broker="sqlite:data/jobs.db?sync=full")
+    monkeypatch.chdir("/")
+    assert app.broker_url == f"sqlite://{tmp_path / 'data' / 'jobs.db'}?sync=full"
