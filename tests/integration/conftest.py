@@ -1,9 +1,22 @@
-"""Real worker processes on the SQLite broker: the plumbing the integration tests share.
+"""Real worker processes on a real broker: the plumbing the integration tests share.
+
+The ``sandbox`` fixture runs each test once per broker:
+
+* ``sqlite``: the file ``tmp_path/jobs.db``;
+* ``redis``: the shared server on 127.0.0.1:6379, under a random key prefix that
+  is deleted (SCAN + DEL of that prefix only) after the test. Without the server
+  the test is skipped loudly, or fails under ``CI=true`` (``require_server``).
+
+Tests that need a Redis server of their own (to kill or reconfigure it) start one
+with the ``redis_servers`` fixture: a private ``redis-server`` on a free loopback
+port with its data in ``tmp_path``, killed at the end of the test.
 
 Each test gets a :class:`Sandbox` in its own ``tmp_path``:
 
-* ``jobs_<uuid>.py``, a module that builds ``app`` on ``tmp_path/jobs.db`` and
-  registers the tasks below;
+* ``jobs_<uuid>.py``, a module that builds ``app`` with ``App.from_env()`` and
+  registers the tasks below. ``SLEIPNIR_BROKER`` names the test's broker, in the
+  environment of every process the sandbox spawns and while the test process
+  imports the module;
 * a **ledger** (``ledger.txt``): every run of a task appends one line
   ``token pid`` (one ``write`` on an ``O_APPEND`` descriptor, so lines of
   concurrent processes never interleave). A token that shows up twice ran twice;
@@ -19,9 +32,11 @@ polls a condition against a deadline and fails with a message.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -33,10 +48,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from unittest import mock
 
 import pytest
 
 from sleipnir import App
+
+from ..conftest import IN_CI, require_server
 
 T = TypeVar("T")
 
@@ -57,7 +75,7 @@ HERE = Path(__file__).resolve().parent
 LEDGER = HERE / "ledger.txt"
 RELEASE = HERE / "release"
 
-app = App(broker=f"sqlite://{HERE / 'jobs.db'}")
+app = App.from_env()  # SLEIPNIR_BROKER: the test's broker
 
 
 def note(token):
@@ -227,10 +245,13 @@ class Proc:
 
 @dataclass
 class Sandbox:
-    """One test's directory, jobs module, database, ledger and child processes."""
+    """One test's directory, jobs module, broker, ledger and child processes."""
 
     dir: Path
     module: str
+    broker_url: str
+    kind: str
+    """``"sqlite"`` or ``"redis"``."""
     procs: list[Proc] = field(default_factory=list)
     _app: App | None = None
 
@@ -238,10 +259,6 @@ class Sandbox:
     def spec(self) -> str:
         """``module:app``, what the CLI takes."""
         return f"{self.module}:app"
-
-    @property
-    def db(self) -> Path:
-        return self.dir / "jobs.db"
 
     @property
     def ledger(self) -> Path:
@@ -253,16 +270,25 @@ class Sandbox:
 
     @property
     def app(self) -> App:
-        """The test's own view of the database (no tasks needed to read states)."""
+        """The test's own view of the broker (no tasks needed to read states)."""
         if self._app is None:
-            self._app = App(broker=f"sqlite://{self.db}")
+            self._app = App(broker=self.broker_url)
         return self._app
+
+    def sleipnir_env(self) -> dict[str, str]:
+        """The ``SLEIPNIR_*`` variables the jobs module's ``App.from_env()`` reads."""
+        return {"SLEIPNIR_BROKER": self.broker_url}
 
     def jobs(self) -> Any:
         """The generated jobs module, imported in the test process (to enqueue)."""
         if str(self.dir) not in sys.path:
             sys.path.insert(0, str(self.dir))
-        return importlib.import_module(self.module)
+        if self.module in sys.modules:
+            return sys.modules[self.module]
+        # Only this test's SLEIPNIR_* settings while the module builds its App.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLEIPNIR_")}
+        with mock.patch.dict(os.environ, {**env, **self.sleipnir_env()}, clear=True):
+            return importlib.import_module(self.module)
 
     def release(self, proc: Proc | None = None) -> None:
         """Let every blocked run finish, or only those of ``proc``."""
@@ -272,7 +298,8 @@ class Sandbox:
     # -- processes ----------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLEIPNIR_")}
+        env.update(self.sleipnir_env())
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(self.dir), env.get("PYTHONPATH", "")) if p
         )
@@ -361,15 +388,203 @@ class Sandbox:
             sys.path.remove(str(self.dir))
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+@contextlib.contextmanager
+def open_sandbox(directory: Path, broker_url: str, kind: str) -> Iterator[Sandbox]:
+    """A sandbox in ``directory`` on ``broker_url``; its processes are killed on exit."""
+    directory.mkdir(parents=True, exist_ok=True)
     module = f"jobs_{uuid.uuid4().hex[:12]}"
-    (tmp_path / f"{module}.py").write_text(JOBS_MODULE)
-    box = Sandbox(tmp_path, module)
+    (directory / f"{module}.py").write_text(JOBS_MODULE)
+    box = Sandbox(directory, module, broker_url, kind)
     try:
         yield box
     finally:
         box.close()
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+def _missing(what: str) -> None:
+    """Skip loudly (locally) or fail (under CI=true): a Redis test cannot run here."""
+    if IN_CI:
+        pytest.fail(f"{what}; CI must test every backend", pytrace=False)
+    print(f"\n*** SKIPPING REDIS TESTS: {what} ***", file=sys.stderr)
+    pytest.skip(f"SKIPPED: {what}")
+
+
+def redis_py() -> Any:
+    """The ``redis`` package (an optional extra of sleipnir: ``sleipnir[redis]``)."""
+    try:
+        import redis
+    except ImportError:
+        _missing("redis-py is not installed (pip install 'sleipnir[redis]')")
+    return redis
+
+
+def delete_prefix(client: Any, prefix: str) -> int:
+    """Delete the keys under ``prefix:`` (and only those); how many there were."""
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i : i + 1000])
+    return len(keys)
+
+
+@contextlib.contextmanager
+def shared_redis_url() -> Iterator[str]:
+    """A URL on the shared server with a fresh random key prefix, deleted on exit."""
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    redis = redis_py()
+    prefix = f"sleipnir-it-{uuid.uuid4().hex[:16]}"
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    finally:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=10)
+        try:
+            delete_prefix(client, prefix)
+        finally:
+            client.close()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (at the moment of asking)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, its data in ``dir``.
+
+    AOF with ``appendfsync always`` unless ``args`` say otherwise; no RDB snapshots.
+    :meth:`kill` is a SIGKILL; :meth:`start` again reuses the same port and directory.
+    """
+
+    def __init__(self, dir: Path, args: tuple[str, ...] = ()) -> None:
+        self.dir = dir
+        self.port = free_port()
+        self.args = args
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        dir.mkdir(parents=True, exist_ok=True)
+
+    def url(self, prefix: str = "sleipnir-it") -> str:
+        return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
+
+    def client(self) -> Any:
+        """A plain client: no retries, so a dead server answers at once."""
+        redis = redis_py()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "redis.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ping(self) -> bool:
+        client = self.client()
+        try:
+            return bool(client.ping())
+        except redis_py().RedisError:  # not listening yet, or still loading the AOF
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 15.0) -> None:
+        assert self.popen is None or self.popen.poll() is not None, "already running"
+        argv = [
+            str(REDIS_SERVER),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--daemonize", "no",
+            *self.args,
+        ]  # fmt: skip
+        with self.log_path.open("a") as log:
+            self.popen = subprocess.Popen(
+                argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        self.starts += 1
+
+        def up() -> bool:
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"redis-server exited with {self.popen.returncode}\n{self.log()}"
+                )
+            return self.ping()
+
+        wait_until(
+            up, timeout, lambda: f"redis-server on {self.port} never answered PING\n{self.log()}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash of the host's Redis: no shutdown, no final fsync."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+        if self.popen is not None:
+            self.popen.wait(10)
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers: ``redis_servers("--maxmemory-policy", "volatile-lru")``."""
+    redis_py()
+    if not REDIS_SERVER.exists():
+        _missing(f"{REDIS_SERVER} is not installed")
+    started: list[RedisServer] = []
+
+    def start(*args: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", args)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.kill()
+
+
+BROKERS = ["sqlite", "redis"]
+
+
+@pytest.fixture(params=BROKERS)
+def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]:
+    """A sandbox on each broker in turn (see the module docstring)."""
+    kind: str = request.param
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite://{tmp_path / 'jobs.db'}"
+        else:
+            url = stack.enter_context(shared_redis_url())
+        # Entered last, so closed first: its processes are dead before the keys go.
+        yield stack.enter_context(open_sandbox(tmp_path, url, kind))
+
+
+@pytest.fixture
+def redis_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    """A sandbox on the shared Redis server only (random prefix, deleted after)."""
+    with shared_redis_url() as url, open_sandbox(tmp_path, url, "redis") as box:
+        yield box
 
 
 def parse_queues(text: str) -> dict[str, dict[str, int]]:

@@ -1,4 +1,4 @@
-"""The ``sleipnir`` command, run as a real process against a SQLite file."""
+"""The ``sleipnir`` command, run as a real process against each broker."""
 
 from __future__ import annotations
 

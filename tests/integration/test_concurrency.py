@@ -1,4 +1,4 @@
-"""Many processes on one SQLite file at once; producers killed mid-stream."""
+"""Many processes on one broker at once; producers killed mid-stream."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _tokens(name: str, count: int) -> set[str]:
     return singles | mapped
 
 
-def test_four_producers_and_two_workers_share_one_sqlite_file(sandbox: Sandbox) -> None:
+def test_four_producers_and_two_workers_share_one_broker(sandbox: Sandbox) -> None:
     workers = [sandbox.worker(f"worker-{n}", "-c", "4", "--lease", "10") for n in range(2)]
     for w in workers:  # both idle and waiting before the first job arrives
         sandbox.wait_logged(w, "concurrency 4", 20)
