@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .brokers import broker_from_url, results_from_url
-from .brokers.base import Broker, BrokerJobState, Envelope
+from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, UnknownTaskError
 from .job import DEFAULT_MAX_PAYLOAD_BYTES, Job, encode_job
@@ -101,7 +101,7 @@ class App:
         return cls(**kwargs)
 
     def __repr__(self) -> str:
-        return f"<App broker={self.broker_url} tasks={len(self.tasks)}>"
+        return f"<App broker={redact_url(self.broker_url)} tasks={len(self.tasks)}>"
 
     @property
     def broker(self) -> Broker:

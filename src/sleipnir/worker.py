@@ -37,7 +37,7 @@ from types import FrameType
 from typing import Any
 
 from .app import App
-from .brokers.base import Nack, Reservation
+from .brokers.base import Nack, Reservation, redact_url
 from .errors import DecodeError, EncodeError, Fail, Retry, SleipnirError
 from .job import Job, decode_job, encode_value
 from .results import JobState, ResultRecord
@@ -182,7 +182,7 @@ class Worker:
         log.info(
             "worker %d on %s, queues %s, concurrency %d, lease %.1fs",
             os.getpid(),
-            self.app.broker_url,
+            redact_url(self.app.broker_url),
             ",".join(self.queues),
             self.concurrency,
             self.lease,

@@ -276,11 +276,15 @@ def test_the_worker_warns_that_the_shared_server_runs_without_aof(
         (("--maxmemory-policy", "noeviction"), []),
         (
             ("--maxmemory-policy", "volatile-lru"),
-            ["maxmemory-policy is 'volatile-lru'", "noeviction"],
+            ["maxmemory-policy is 'volatile-lru'", "stored results", "noeviction"],
+        ),
+        (
+            ("--maxmemory-policy", "allkeys-lru"),
+            ["maxmemory-policy is 'allkeys-lru'", "jobs and their leases", "noeviction"],
         ),
         (("--appendfsync", "everysec"), ["appendfsync is 'everysec'"]),
     ],
-    ids=["safe", "volatile-lru", "everysec"],
+    ids=["safe", "volatile-lru", "allkeys-lru", "everysec"],
 )
 def test_durability_warnings_follow_the_private_servers_settings(
     redis_servers: Servers, tmp_path: Path, settings: tuple[str, ...], expected: list[str]

@@ -251,3 +251,29 @@ def test_a_handle_by_id_sees_the_same_job(app: App) -> None:
     assert app.job(handle.id) == handle
     assert app.job(handle.id).status() == "queued"
     assert app.job("no-such-job").status() == JobState.UNKNOWN
+
+
+@pytest.mark.parametrize("priority", [256, -256, 10**6, True, 1.5])
+def test_a_priority_outside_minus_255_to_255_or_not_an_int_is_refused(
+    app: App, priority: object
+) -> None:
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match="priority"):
+        job.enqueue(priority=priority)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="priority"):
+        app.task(name="other", priority=priority)(lambda: None)  # type: ignore[call-overload]
+    assert app.broker.stats() == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_delay_is_refused(app: App, bad: float) -> None:
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match="delay must be finite"):
+        job.enqueue(delay=bad)
+    with pytest.raises(ValueError, match="at must be a finite"):
+        job.enqueue(at=bad)
+    assert app.broker.stats() == []

@@ -11,9 +11,22 @@ from urllib.parse import urlsplit
 from ..clock import Clock
 from ..errors import ConfigurationError
 from ..results import ResultStore
-from .base import Broker
+from .base import Broker, redact_url
 
 __all__ = ["broker_from_url", "results_from_url"]
+
+
+_KNOWN = "memory://, sqlite:///path, redis://host:port/db"
+
+
+def _need(module: str, extra: str) -> None:
+    """Raise a ConfigurationError naming the extra to install when a client library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigurationError(
+            f"this URL needs the {module!r} package: pip install 'sleipnir[{extra}]'"
+        )
 
 
 def broker_from_url(url: str, clock: Clock) -> Broker:
@@ -27,12 +40,13 @@ def broker_from_url(url: str, clock: Clock) -> Broker:
         from .sqlite import SQLiteBroker
 
         return SQLiteBroker(url, clock=clock)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix"):
+        _need("redis", "redis")
         from .redis import RedisBroker
 
         return RedisBroker(url, clock=clock)
     raise ConfigurationError(
-        f"no broker for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path, redis://host:port/db"
+        f"no broker for URL scheme {scheme!r} in {redact_url(url)!r}; known: {_KNOWN}"
     )
 
 
@@ -47,10 +61,11 @@ def results_from_url(url: str, clock: Clock) -> ResultStore:
         from .sqlite import SQLiteResultStore
 
         return SQLiteResultStore(url, clock=clock)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "unix"):
+        _need("redis", "redis")
         from .redis import RedisResultStore
 
         return RedisResultStore(url, clock=clock)
     raise ConfigurationError(
-        f"no result store for URL scheme {scheme!r} in {url!r}; known: memory://, sqlite:///path, redis://host:port/db"
+        f"no result store for URL scheme {scheme!r} in {redact_url(url)!r}; known: {_KNOWN}"
     )

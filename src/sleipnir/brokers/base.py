@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "Broker",
@@ -42,7 +43,22 @@ __all__ = [
     "Nack",
     "QueueStats",
     "Reservation",
+    "redact_url",
 ]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs, reprs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -58,6 +58,7 @@ from .base import (
     Nack,
     QueueStats,
     Reservation,
+    redact_url,
 )
 
 __all__ = ["RedisBroker", "RedisResultStore", "connect"]
@@ -69,27 +70,54 @@ def _script(name: str) -> str:
     return (_LUA / f"{name}.lua").read_text()
 
 
+# Query options redis-py understands in a URL (besides our own ``prefix``).
+_URL_OPTIONS = frozenset(
+    {
+        *redis.connection.URL_QUERY_ARGUMENT_PARSERS,
+        "client_name",
+        "password",
+        "username",
+        "path",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_cert_reqs",
+    }
+)
+
+
 def connect(url: str) -> tuple[Any, str]:
     """A client for ``url`` and the key prefix named in it (``?prefix=``, default ``sleipnir``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"not a Redis URL: {url!r}")
+        raise ConfigurationError(f"not a Redis URL: {redact_url(url)!r}")
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     prefix = options.pop("prefix", "sleipnir")
     if not prefix or any(c in prefix for c in " \n{}"):
         raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
-    clean = urlunsplit(parts._replace(query=urlencode(options)))
+    unknown = sorted(set(options) - _URL_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown Redis URL option(s) {', '.join(unknown)} in {redact_url(url)!r}; "
+            f"known: prefix, {', '.join(sorted(_URL_OPTIONS))}"
+        )
+    # Rebuilt by hand: urlunsplit would turn unix:///path into unix:/path.
+    clean = url.split("?", 1)[0] + (f"?{urlencode(options)}" if options else "")
     try:
+        # A hung server must give a clear error in seconds, not hang a web request:
+        # each command waits at most socket_timeout, and is tried 3 times in all
+        # (about 15 s at worst). No health-check PING nested inside the retries.
+        # URL options (?socket_timeout=...) win over these defaults.
         client: Any = redis.Redis.from_url(
             clean,
             socket_connect_timeout=2.0,
-            socket_timeout=10.0,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            socket_timeout=5.0,
+            health_check_interval=0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
     return client, prefix
 
 
@@ -99,9 +127,9 @@ def _errors(url: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerConnectionError(f"Redis at {url} unreachable: {exc}") from exc
+        raise BrokerConnectionError(f"Redis at {redact_url(url)} unreachable: {exc}") from exc
     except redis.RedisError as exc:
-        raise BrokerError(f"Redis at {url} failed: {exc}") from exc
+        raise BrokerError(f"Redis at {redact_url(url)} failed: {exc}") from exc
 
 
 class _Script:
@@ -361,10 +389,22 @@ class RedisBroker(Broker):
                 "second of accepted jobs. Use 'always' to lose none."
             )
         policy = _s(memory.get("maxmemory_policy", "noeviction"))
-        if policy != "noeviction":
+        if policy.startswith("allkeys"):
             warnings.append(
-                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts keys, "
-                "which may be jobs or their leases. Set maxmemory-policy noeviction."
+                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts any "
+                "key, jobs and their leases included, and evicted jobs are lost without a "
+                "trace. Set maxmemory-policy noeviction."
+            )
+        elif policy != "noeviction":
+            warnings.append(
+                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts keys "
+                "with an expiry, which here are the stored results: finished jobs then read "
+                "'unknown' and their results are gone. Set maxmemory-policy noeviction."
+            )
+        if fsync == "?":
+            warnings.append(
+                "CONFIG GET is refused by this Redis (a managed service?): appendfsync could "
+                "not be checked. Make sure it is 'always' (or 'everysec', losing about a second)."
             )
         return warnings
 

@@ -30,16 +30,20 @@ for qi = 6, #ARGV do
     local id = popped[i]
     local key = P .. ':job:' .. id
     redis.call('ZREM', since, id)
-    local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-    redis.call('HSET', key, 'token', token)
-    redis.call('ZADD', P .. ':lease:' .. q, lease_until, id)
-    local f = redis.call('HMGET', key, 'pri', 'body')
-    out[#out + 1] = id
-    out[#out + 1] = q
-    out[#out + 1] = f[1]
-    out[#out + 1] = attempt
-    out[#out + 1] = f[2]
-    limit = limit - 1
+    -- An id whose hash is gone (deleted by hand, or evicted) is dropped, not leased:
+    -- there is no body to run.
+    if redis.call('EXISTS', key) == 1 then
+      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+      redis.call('HSET', key, 'token', token)
+      redis.call('ZADD', P .. ':lease:' .. q, lease_until, id)
+      local f = redis.call('HMGET', key, 'pri', 'body')
+      out[#out + 1] = id
+      out[#out + 1] = q
+      out[#out + 1] = f[1]
+      out[#out + 1] = attempt
+      out[#out + 1] = f[2]
+      limit = limit - 1
+    end
   end
 end
 return out
