@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Sleipnir needs Python 3.11 or newer, this is " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[redis,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[redis,postgres,dev,bench]'
 	@touch $@
 
 test: dev

@@ -118,6 +118,38 @@ def _redis_cleanup(tmp_path: Path) -> None:
     client.close()
 
 
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def _pg_schema(tmp_path: Path) -> str:
+    # One schema per test, shared by every broker the test opens on it.
+    return f"sleipnir_test_{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
+
+
+def _pg_url(tmp_path: Path) -> str:
+    require_server("PostgreSQL", PG_HOST, PG_PORT)
+    return f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres?schema={_pg_schema(tmp_path)}"
+
+
+def _pg_broker(clock: FakeClock, tmp_path: Path) -> Broker:
+    postgres = _import_backend("sleipnir.brokers.postgres")
+    broker: Broker = postgres.PostgresBroker(_pg_url(tmp_path), clock=clock)
+    return broker
+
+
+def _pg_results(clock: FakeClock, tmp_path: Path) -> ResultStore:
+    postgres = _import_backend("sleipnir.brokers.postgres")
+    store: ResultStore = postgres.PostgresResultStore(_pg_url(tmp_path), clock=clock)
+    return store
+
+
+def _pg_cleanup(tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres") as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {_pg_schema(tmp_path)} CASCADE")
+
+
 BACKENDS = [
     Backend(
         name="memory",
@@ -137,6 +169,13 @@ BACKENDS = [
         make_results=_redis_results,
         capabilities=frozenset({"fake_clock", "shared_between_instances"}),
         cleanup=_redis_cleanup,
+    ),
+    Backend(
+        name="postgres",
+        make_broker=_pg_broker,
+        make_results=_pg_results,
+        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+        cleanup=_pg_cleanup,
     ),
 ]
 

@@ -564,7 +564,25 @@ def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
             server.kill()
 
 
-BROKERS = ["sqlite", "redis"]
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+@contextlib.contextmanager
+def shared_pg_url() -> Iterator[str]:
+    """A URL on the shared PostgreSQL with a fresh random schema, dropped on exit."""
+    require_server("PostgreSQL", PG_HOST, PG_PORT)
+    import psycopg
+
+    schema = f"sleipnir_it_{uuid.uuid4().hex[:16]}"
+    base = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+    try:
+        yield f"{base}?schema={schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+BROKERS = ["sqlite", "redis", "postgres"]
 
 
 @pytest.fixture(params=BROKERS)
@@ -574,6 +592,8 @@ def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]
     with contextlib.ExitStack() as stack:
         if kind == "sqlite":
             url = f"sqlite://{tmp_path / 'jobs.db'}"
+        elif kind == "postgres":
+            url = stack.enter_context(shared_pg_url())
         else:
             url = stack.enter_context(shared_redis_url())
         # Entered last, so closed first: its processes are dead before the keys go.

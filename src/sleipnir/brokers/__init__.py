@@ -16,7 +16,7 @@ from .base import Broker, redact_url
 __all__ = ["broker_from_url", "results_from_url"]
 
 
-_KNOWN = "memory://, sqlite:///path, redis://host:port/db"
+_KNOWN = "memory://, sqlite:///path, redis://host:port/db, postgresql://host/db"
 
 
 def _need(module: str, extra: str) -> None:
@@ -45,6 +45,11 @@ def broker_from_url(url: str, clock: Clock) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(url, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        _need("psycopg", "postgres")
+        from .postgres import PostgresBroker
+
+        return PostgresBroker(url, clock=clock)
     raise ConfigurationError(
         f"no broker for URL scheme {scheme!r} in {redact_url(url)!r}; known: {_KNOWN}"
     )
@@ -66,6 +71,11 @@ def results_from_url(url: str, clock: Clock) -> ResultStore:
         from .redis import RedisResultStore
 
         return RedisResultStore(url, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        _need("psycopg", "postgres")
+        from .postgres import PostgresResultStore
+
+        return PostgresResultStore(url, clock=clock)
     raise ConfigurationError(
         f"no result store for URL scheme {scheme!r} in {redact_url(url)!r}; known: {_KNOWN}"
     )

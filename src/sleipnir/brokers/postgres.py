@@ -1,0 +1,697 @@
+"""The PostgreSQL backend (``postgresql://user:pass@host:5432/db?schema=sleipnir``).
+
+For teams that already run PostgreSQL and want their jobs in it: backed up,
+replicated and monitored with the rest of their data, and enqueued in the same
+database their web app writes to. Built on psycopg 3 with a small connection
+pool per process.
+
+Workers take jobs with ``SELECT ... FOR UPDATE SKIP LOCKED``, so many workers on
+many hosts reserve from one table without waiting on each other's rows. One
+transaction reserves, acks or nacks a whole batch. An insert into the jobs
+table fires ``NOTIFY``; idle workers ``LISTEN`` and wake at once.
+
+Durability is PostgreSQL's: a job is committed before ``enqueue`` returns, so
+with the server's default ``synchronous_commit = on`` and ``fsync = on`` an
+accepted job survives a crash of the server or its host. With
+``synchronous_commit = off`` the last few hundred milliseconds of commits can
+be lost on a server crash; :meth:`PostgresBroker.durability_warnings` says so.
+
+URL options: ``schema=`` (default ``sleipnir``; every table lives in it, so
+several apps or test runs can share one database), ``pool_size=`` (default 4),
+``connect_timeout=`` seconds (default 5). Other libpq options
+(``sslmode=``, ``application_name=``...) pass through to the server.
+
+Tables (in the schema)::
+
+    jobs        seq BIGSERIAL PRIMARY KEY      -- FIFO order within a priority
+                id TEXT UNIQUE, queue TEXT, priority INT,
+                visible_at DOUBLE PRECISION    -- due time; while reserved: lease end
+                token BIGINT                   -- 0 = not reserved, else this delivery's token
+                attempt INT, enqueued_at, last_error TEXT, body BYTEA
+    dead        id TEXT PRIMARY KEY, queue, priority, attempt, reason, failed_at, body
+    queues      name TEXT PRIMARY KEY          -- every queue ever used (filled by a trigger)
+    results     job_id TEXT PRIMARY KEY, state, task, queue, attempt, started_at,
+                finished_at, expires_at, value BYTEA, error TEXT
+    beats       worker_id TEXT PRIMARY KEY, at, expires_at, body, sample
+    beat_history  seq BIGSERIAL, worker_id, at, sample
+    claims      key TEXT PRIMARY KEY, value BYTEA, expires_at
+
+As on SQLite, a job is reservable when ``visible_at <= now``: ready jobs,
+delayed jobs that came due and leases that ran out alike, so any worker's
+ordinary reserve reclaims the jobs of a dead one, with no extra daemon.
+Times come from the caller's clock (hosts must keep their clocks in sync, as
+with any lease system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..clock import Clock, SystemClock
+from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
+from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
+from .base import (
+    Broker,
+    BrokerJobState,
+    DeadLetter,
+    Envelope,
+    JobInfo,
+    Nack,
+    QueueStats,
+    Reservation,
+    redact_url,
+)
+
+__all__ = ["PostgresBroker", "PostgresResultStore"]
+
+_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.jobs (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    visible_at DOUBLE PRECISION NOT NULL,
+    token BIGINT NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    enqueued_at DOUBLE PRECISION NOT NULL,
+    last_error TEXT,
+    body BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_pick ON {s}.jobs (queue, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_visible ON {s}.jobs (queue, visible_at);
+CREATE TABLE IF NOT EXISTS {s}.dead (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at DOUBLE PRECISION NOT NULL,
+    body BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_order ON {s}.dead (failed_at, id);
+CREATE TABLE IF NOT EXISTS {s}.queues (name TEXT PRIMARY KEY);
+CREATE OR REPLACE FUNCTION {s}.job_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {s}.queues (name) SELECT DISTINCT queue FROM new_rows ON CONFLICT DO NOTHING;
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS job_inserted ON {s}.jobs;
+CREATE TRIGGER job_inserted AFTER INSERT ON {s}.jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.job_inserted();
+CREATE TABLE IF NOT EXISTS {s}.results (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    value BYTEA,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS results_expiry ON {s}.results (expires_at);
+CREATE TABLE IF NOT EXISTS {s}.beats (
+    worker_id TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    body BYTEA NOT NULL,
+    sample BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.beat_history (
+    seq BIGSERIAL PRIMARY KEY,
+    worker_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    sample BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS beat_history_at ON {s}.beat_history (at);
+CREATE TABLE IF NOT EXISTS {s}.claims (
+    key TEXT PRIMARY KEY,
+    value BYTEA NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_OUR_OPTIONS = {"schema", "pool_size"}
+
+
+def _parse(url: str) -> tuple[str, str, int, float]:
+    """Split a URL into (libpq conninfo URL, schema, pool size, connect timeout)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r}")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    schema = options.pop("schema", "sleipnir")
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema must be a lower-case SQL identifier (a-z, 0-9, _), not {schema!r}"
+        )
+    try:
+        pool_size = int(options.pop("pool_size", "4"))
+        connect_timeout = float(options.setdefault("connect_timeout", "5"))
+    except ValueError:
+        raise ConfigurationError(
+            f"pool_size and connect_timeout must be numbers in {redact_url(url)!r}"
+        ) from None
+    if pool_size < 1:
+        raise ConfigurationError("pool_size must be >= 1")
+    conninfo = url.split("?", 1)[0] + "?" + urlencode(options)
+    return conninfo, schema, pool_size, connect_timeout
+
+
+@contextlib.contextmanager
+def _errors(url: str) -> Iterator[None]:
+    """Turn psycopg's exceptions into Sleipnir's, naming the server (without its password)."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise BrokerConnectionError(f"PostgreSQL at {redact_url(url)} unreachable: {exc}") from exc
+    except psycopg.Error as exc:
+        raise BrokerError(f"PostgreSQL at {redact_url(url)} failed: {exc}") from exc
+
+
+class _Database:
+    """A connection pool on one schema, created on first use and anew after a fork."""
+
+    # Schemas this process already created, so a new pool does not take the lock again.
+    _prepared: ClassVar[set[tuple[str, str]]] = set()
+    _prepared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conninfo, self.schema, self.pool_size, self.connect_timeout = _parse(url)
+        # Channel names are identifiers of at most 63 bytes: hash the schema into one.
+        self.channel = "sleipnir_" + hashlib.sha1(self.schema.encode()).hexdigest()[:16]
+        self._pool: ConnectionPool[Any] | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def pool(self) -> ConnectionPool[Any]:
+        if self._pool is not None and self._pid == os.getpid():
+            return self._pool
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=self.connect_timeout + 1.0,
+                    kwargs={"autocommit": False},
+                    open=False,
+                    name=f"sleipnir-{self.schema}",
+                )
+                with _errors(self.url):
+                    self._pool.open(wait=True, timeout=self.connect_timeout + 1.0)
+                self._pid = os.getpid()
+                self._prepare()
+        return self._pool
+
+    def _prepare(self) -> None:
+        key = (self.conninfo, self.schema)
+        if key in self._prepared:
+            return
+        assert self._pool is not None
+        with _errors(self.url), self._pool.connection() as conn, conn.transaction():
+            # One creator at a time, across processes: CREATE ... IF NOT EXISTS races.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
+            conn.execute(_SCHEMA.format(s=self.schema, channel=self.channel).encode())
+        with self._prepared_lock:
+            self._prepared.add(key)
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction on a pooled connection; committed on success."""
+        with _errors(self.url), self.pool().connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
+
+
+def _lock_id(schema: str) -> int:
+    return int.from_bytes(hashlib.sha1(b"sleipnir:" + schema.encode()).digest()[:8], "big") >> 1
+
+
+def _token() -> int:
+    return secrets.randbits(62) | 1  # never 0, which means "not reserved"
+
+
+class PostgresBroker(Broker):
+    """The contract on PostgreSQL. See the module docstring for the guarantees."""
+
+    poll_interval = 0.05
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self._db = _Database(url)
+        self._s = self._db.schema
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        now = self.clock.time()
+        rows = [
+            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body)
+            for e in envelopes
+        ]
+        sql = (
+            f"INSERT INTO {self._s}.jobs (id, queue, priority, visible_at, enqueued_at, body)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[],"
+            " %s::float8[], %s::bytea[])"
+        )
+        try:
+            with self._db.tx() as conn:
+                conn.execute(sql, [list(col) for col in zip(*rows, strict=True)])
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise BrokerError(f"a job with that id is already queued: {exc}") from exc
+            raise
+
+    def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock.time()
+        until = now + lease
+        token = _token()
+        out: list[Reservation] = []
+        with self._db.tx() as conn:
+            for queue in queues:
+                want = limit - len(out)
+                if want <= 0:
+                    break
+                rows = conn.execute(
+                    f"UPDATE {self._s}.jobs j SET token = %s, attempt = j.attempt + 1,"
+                    " visible_at = %s"
+                    f" FROM (SELECT seq FROM {self._s}.jobs"
+                    "   WHERE queue = %s AND visible_at <= %s"
+                    "   ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) p"
+                    " WHERE j.seq = p.seq"
+                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.body",
+                    (token, until, queue, now, want),
+                ).fetchall()
+                rows.sort(key=lambda r: (-r[2], r[0]))
+                out.extend(
+                    Reservation(
+                        id=job_id,
+                        queue=queue,
+                        body=bytes(body),
+                        attempt=attempt,
+                        token=(seq, token),
+                        lease_until=until,
+                        priority=priority,
+                    )
+                    for seq, job_id, priority, attempt, body in rows
+                )
+        return out
+
+    # Every statement that acts on a reservation checks the token *and* that the
+    # lease still runs: a lease that ran out belongs to whoever reserves next.
+    _OWNED = "seq = %s AND token = %s AND visible_at > %s"
+
+    def _each(self, sql: str, params: Sequence[tuple[object, ...]]) -> list[bool]:
+        """Run ``sql`` once per parameter row in one transaction; report which changed a row."""
+        if not params:
+            return []
+        out = []
+        with self._db.tx() as conn, conn.cursor() as cur:
+            for p in params:
+                cur.execute(sql, p)
+                out.append(cur.rowcount == 1)
+        return out
+
+    def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            f"UPDATE {self._s}.jobs SET visible_at = %s WHERE {self._OWNED}",
+            [(now + lease, *r.token, now) for r in reservations],
+        )
+
+    def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            f"DELETE FROM {self._s}.jobs WHERE {self._OWNED}",
+            [(*r.token, now) for r in reservations],
+        )
+
+    def nack(self, nacks: Sequence[Nack]) -> list[bool]:
+        if not nacks:
+            return []
+        now = self.clock.time()
+        out = []
+        with self._db.tx() as conn, conn.cursor() as cur:
+            for n in nacks:
+                owned = (*n.reservation.token, now)
+                if n.retry_at is not None:
+                    cur.execute(
+                        f"UPDATE {self._s}.jobs SET token = 0, visible_at = %s, last_error = %s"
+                        f" WHERE {self._OWNED}",
+                        (n.retry_at, n.reason, *owned),
+                    )
+                    out.append(cur.rowcount == 1)
+                    continue
+                cur.execute(
+                    f"WITH gone AS (DELETE FROM {self._s}.jobs WHERE {self._OWNED}"
+                    "  RETURNING id, queue, priority, attempt, body)"
+                    f" INSERT INTO {self._s}.dead"
+                    " (id, queue, priority, attempt, reason, failed_at, body)"
+                    " SELECT id, queue, priority, attempt, %s, %s, body FROM gone"
+                    " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue,"
+                    " priority = excluded.priority, attempt = excluded.attempt,"
+                    " reason = excluded.reason, failed_at = excluded.failed_at,"
+                    " body = excluded.body",
+                    (*owned, n.reason, now),
+                )
+                out.append(cur.rowcount == 1)
+        return out
+
+    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        now = self.clock.time()
+        return self._each(
+            f"UPDATE {self._s}.jobs SET token = 0, visible_at = %s, attempt = attempt - 1"
+            f" WHERE {self._OWNED}",
+            [(now, *r.token, now) for r in reservations],
+        )
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        now = self.clock.time()
+        with self._db.tx() as conn:
+            row = conn.execute(
+                f"SELECT queue, visible_at, token, attempt, last_error FROM {self._s}.jobs"
+                " WHERE id = %s",
+                (job_id,),
+            ).fetchone()
+            if row is not None:
+                queue, visible_at, token, attempt, last_error = row
+                if visible_at <= now:
+                    state = BrokerJobState.READY
+                elif token:
+                    state = BrokerJobState.RESERVED
+                else:
+                    state = BrokerJobState.SCHEDULED
+                return JobInfo(job_id, queue, state, attempt, last_error)
+            row = conn.execute(
+                f"SELECT queue, attempt, reason FROM {self._s}.dead WHERE id = %s", (job_id,)
+            ).fetchone()
+        if row is not None:
+            return JobInfo(job_id, row[0], BrokerJobState.DEAD, row[1], row[2])
+        return None
+
+    def stats(self) -> list[QueueStats]:
+        now = self.clock.time()
+        with self._db.tx() as conn:
+            counts: dict[str, dict[str, object]] = {
+                name: {} for (name,) in conn.execute(f"SELECT name FROM {self._s}.queues")
+            }
+            for queue, ready, scheduled, running, oldest in conn.execute(
+                "SELECT queue,"
+                " COUNT(*) FILTER (WHERE visible_at <= %(now)s),"
+                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token = 0),"
+                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token != 0),"
+                " MIN(visible_at) FILTER (WHERE visible_at <= %(now)s)"
+                f" FROM {self._s}.jobs GROUP BY queue",
+                {"now": now},
+            ):
+                counts[queue] = {
+                    "ready": ready,
+                    "scheduled": scheduled,
+                    "running": running,
+                    "oldest_ready_at": oldest,
+                }
+            for queue, dead in conn.execute(
+                f"SELECT queue, COUNT(*) FROM {self._s}.dead GROUP BY queue"
+            ):
+                counts.setdefault(queue, {})["dead"] = dead
+        return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]  # type: ignore[arg-type]
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = ("WHERE queue = %s", [queue]) if queue is not None else ("", [])
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                "SELECT id, queue, body, attempt, reason, failed_at, priority"
+                f" FROM {self._s}.dead {where} ORDER BY failed_at, id LIMIT %s",
+                (*params, limit),
+            ).fetchall()
+        return [DeadLetter(i, q, bytes(b), a, r, f, p) for i, q, b, a, r, f, p in rows]
+
+    def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
+        if ids is not None and not ids:
+            return []
+        now = self.clock.time()
+        where, params = ("", ()) if ids is None else ("WHERE id = ANY(%s)", (list(ids),))
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"WITH back AS (DELETE FROM {self._s}.dead {where}"
+                "  RETURNING id, queue, priority, body)"
+                f" INSERT INTO {self._s}.jobs"
+                " (id, queue, priority, visible_at, enqueued_at, body)"
+                " SELECT id, queue, priority, %s, %s, body FROM back RETURNING id",
+                (*params, now, now),
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def delete_dead(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        where, params = ("", ()) if ids is None else ("WHERE id = ANY(%s)", (list(ids),))
+        with self._db.tx() as conn:
+            return conn.execute(f"DELETE FROM {self._s}.dead {where}", params).rowcount
+
+    def purge(self, queue: str) -> int:
+        now = self.clock.time()
+        with self._db.tx() as conn:
+            return conn.execute(
+                f"DELETE FROM {self._s}.jobs WHERE queue = %s"
+                " AND NOT (token != 0 AND visible_at > %s)",
+                (queue, now),
+            ).rowcount
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Sleep until a job is inserted (NOTIFY), the next delayed job is due, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        if queues:
+            with self._db.tx() as conn:
+                row = conn.execute(
+                    f"SELECT MIN(visible_at) FROM {self._s}.jobs WHERE queue = ANY(%s)",
+                    (list(queues),),
+                ).fetchone()
+            if row is not None and row[0] is not None:
+                deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock.time()))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        with _errors(self.url):
+            try:
+                listener = self._listen()
+                for _ in listener.notifies(timeout=left, stop_after=1):
+                    break
+            except psycopg.Error:
+                self._drop_listener()
+                raise
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            self._db.pool()  # the schema (and its trigger) exists before we listen
+            conn = psycopg.connect(
+                self._db.conninfo, autocommit=True, connect_timeout=int(self._db.connect_timeout)
+            )
+            conn.execute(f"LISTEN {self._db.channel}")
+            self._listener = conn
+        return self._listener
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._listener.close()
+            self._listener = None
+
+    def durability_warnings(self) -> list[str]:
+        """What in the server's configuration can lose accepted jobs."""
+        warnings = []
+        with self._db.tx() as conn:
+            settings = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings"
+                    " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
+                ).fetchall()
+            )
+        if settings.get("fsync") == "off":
+            warnings.append(
+                "PostgreSQL runs with fsync = off: a crash of its host can lose or corrupt "
+                "accepted jobs. Set fsync = on."
+            )
+        if settings.get("synchronous_commit") == "off":
+            warnings.append(
+                "PostgreSQL runs with synchronous_commit = off: a server crash may lose the "
+                "last few hundred milliseconds of accepted jobs. Set it to on to lose none."
+            )
+        if settings.get("full_page_writes") == "off":
+            warnings.append(
+                "PostgreSQL runs with full_page_writes = off: a power loss can corrupt pages. "
+                "Set full_page_writes = on."
+            )
+        return warnings
+
+    def close(self) -> None:
+        self._drop_listener()
+        self._db.close()
+
+
+class PostgresResultStore(ResultStore):
+    """Results, heartbeats and claimed keys in the same schema as the jobs (by default)."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self._db = _Database(url)
+        self._s = self._db.schema
+
+    def put(self, records: Sequence[ResultRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            (
+                r.job_id,
+                r.state.value,
+                r.task,
+                r.queue,
+                r.attempt,
+                r.started_at,
+                r.finished_at,
+                r.expires_at,
+                r.value,
+                r.error,
+            )
+            for r in records
+        ]
+        with self._db.tx() as conn, conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self._s}.results AS r (job_id, state, task, queue, attempt,"
+                " started_at, finished_at, expires_at, value, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (job_id) DO UPDATE SET state = excluded.state,"
+                " task = excluded.task, queue = excluded.queue, attempt = excluded.attempt,"
+                " started_at = excluded.started_at, finished_at = excluded.finished_at,"
+                " expires_at = excluded.expires_at, value = excluded.value, error = excluded.error"
+                " WHERE excluded.attempt >= r.attempt",
+                rows,
+            )
+
+    def get(self, job_id: str) -> ResultRecord | None:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT job_id, state, task, queue, attempt, finished_at, expires_at, value,"
+                f" error, started_at FROM {self._s}.results WHERE job_id = %s AND expires_at > %s",
+                (job_id, self.clock.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        job, state, task, queue, attempt, finished, expires, value, error, started = row
+        return ResultRecord(
+            job_id=job,
+            state=JobState(state),
+            task=task,
+            queue=queue,
+            attempt=attempt,
+            finished_at=finished,
+            expires_at=expires,
+            value=None if value is None else bytes(value),
+            error=error,
+            started_at=started,
+        )
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        with self._db.tx() as conn:
+            return conn.execute(
+                f"DELETE FROM {self._s}.results WHERE job_id = ANY(%s)", (list(job_ids),)
+            ).rowcount
+
+    def purge_expired(self) -> int:
+        now = self.clock.time()
+        with self._db.tx() as conn:
+            n = conn.execute(
+                f"DELETE FROM {self._s}.results WHERE expires_at <= %s", (now,)
+            ).rowcount
+            conn.execute(f"DELETE FROM {self._s}.claims WHERE expires_at <= %s", (now,))
+            conn.execute(f"DELETE FROM {self._s}.beats WHERE expires_at <= %s", (now,))
+        return n
+
+    def beat(self, beat: WorkerBeat, keep: float) -> None:
+        with self._db.tx() as conn:
+            conn.execute(
+                f"INSERT INTO {self._s}.beats (worker_id, at, expires_at, body, sample)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET"
+                " at = excluded.at, expires_at = excluded.expires_at, body = excluded.body,"
+                " sample = excluded.sample",
+                (beat.worker_id, beat.at, beat.expires_at, beat.body, beat.sample),
+            )
+            conn.execute(
+                f"INSERT INTO {self._s}.beat_history (worker_id, at, sample) VALUES (%s, %s, %s)",
+                (beat.worker_id, beat.at, beat.sample),
+            )
+            conn.execute(f"DELETE FROM {self._s}.beat_history WHERE at < %s", (beat.at - keep,))
+
+    def beats(self) -> list[WorkerBeat]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                "SELECT worker_id, at, expires_at, body, sample"
+                f" FROM {self._s}.beats WHERE expires_at > %s ORDER BY worker_id",
+                (self.clock.time(),),
+            ).fetchall()
+        return [WorkerBeat(w, a, e, bytes(b), bytes(s)) for w, a, e, b, s in rows]
+
+    def beat_history(self, since: float) -> list[BeatSample]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT worker_id, at, sample FROM {self._s}.beat_history"
+                " WHERE at >= %s ORDER BY at, seq",
+                (since,),
+            ).fetchall()
+        return [BeatSample(w, a, bytes(s)) for w, a, s in rows]
+
+    def claim_key(self, key: str, value: bytes, expires_at: float) -> bytes | None:
+        now = self.clock.time()
+        while True:  # again if the holder released the key between our two statements
+            with self._db.tx() as conn:
+                row = conn.execute(
+                    f"INSERT INTO {self._s}.claims AS c (key, value, expires_at)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+                    " value = excluded.value, expires_at = excluded.expires_at"
+                    " WHERE c.expires_at <= %s RETURNING 1",
+                    (key, value, expires_at, now),
+                ).fetchone()
+                if row is not None:
+                    return None
+                held = conn.execute(
+                    f"SELECT value FROM {self._s}.claims WHERE key = %s", (key,)
+                ).fetchone()
+            if held is not None:
+                return bytes(held[0])
+
+    def release_key(self, key: str) -> bool:
+        with self._db.tx() as conn:
+            return conn.execute(f"DELETE FROM {self._s}.claims WHERE key = %s", (key,)).rowcount > 0
+
+    def close(self) -> None:
+        self._db.close()
