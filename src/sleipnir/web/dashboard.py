@@ -1,0 +1,425 @@
+"""The dashboard: server-rendered pages with SVG plots drawn here, no JavaScript needed.
+
+Pages: overview (throughput and failures over time, oldest ready job per queue),
+queues, job search and detail, dead letters (retry, delete), workers (grouped by
+host and parent process), hosts (CPU steal plotted and flagged when sustained).
+Like the API, it reads only the broker, result-store and monitor contracts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ..monitor import (
+    Heartbeat,
+    HistoryPoint,
+    Sample,
+    merged_tasks,
+    read_beats,
+    read_history,
+    steal_is_sustained,
+    throughput_series,
+)
+from . import api
+from .state import WebState
+from .svg import line_chart
+
+__all__ = ["error_page", "login_page", "routes"]
+
+STEAL_THRESHOLD = 0.01
+"""A host is flagged when every sample of the last STEAL_WINDOW seconds shows this much steal."""
+STEAL_WINDOW = 300.0
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("sleipnir.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+_env.filters.update(when=_when, seconds=_seconds, pct=_pct)
+
+
+def _state(request: Request) -> WebState:
+    state: WebState = request.app.state.web
+    return state
+
+
+def _render(
+    web: WebState,
+    name: str,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    html = _env.get_template(name).render(
+        csrf=web.csrf_token, has_token=bool(web.token), now=web.app.clock.time(), **context
+    )
+    return HTMLResponse(html, status_code, headers=headers)
+
+
+def login_page(web: WebState, *, status_code: int = 200, next_path: str = "/") -> HTMLResponse:
+    """The login form (a 401 answer when a page was asked for without the token)."""
+    return _render(
+        web, "login.html", status_code, {"WWW-Authenticate": 'Bearer realm="sleipnir"'},
+        page="login", next_path=next_path if next_path.startswith("/") else "/", error=None,
+    )  # fmt: skip
+
+
+def error_page(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """An error as a page, for the dashboard's routes."""
+    return _render(
+        _state(request), "error.html", status, headers, page="", status=status, message=message
+    )
+
+
+class Form(dict[str, list[str]]):
+    """A posted ``application/x-www-form-urlencoded`` form: name -> values."""
+
+    def get_one(self, name: str) -> str | None:
+        """The field's first value, or ``None``."""
+        values = self.get(name)
+        return values[0] if values else None
+
+
+async def read_form(request: Request, limit: int = 64 * 1024) -> Form:
+    """Parse a URL-encoded form body of at most ``limit`` bytes (the dashboard's only kind)."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise api.ApiError(415, "send the form as application/x-www-form-urlencoded")
+    body = await api.read_body(request, limit)
+    try:
+        return Form(parse_qs(body.decode(), keep_blank_values=True, max_num_fields=2000))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise api.ApiError(400, f"malformed form: {exc}") from None
+
+
+async def _form(request: Request, web: WebState) -> Form:
+    """The posted form, after its CSRF token was checked (403 if it does not match)."""
+    form = await read_form(request)
+    given = form.get_one("csrf")
+    if given is None or not hmac.compare_digest(given, web.csrf_token):
+        raise api.ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
+    return form
+
+
+# -- pages ------------------------------------------------------------------------------
+
+
+def _queue_series(web: WebState, since: float) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with web.lock:
+        samples = list(web.queue_history)
+    for sample in samples:
+        if sample.at < since:
+            continue
+        for s in sample.stats:
+            age = 0.0 if s.oldest_ready_at is None else max(0.0, sample.at - s.oldest_ready_at)
+            series[s.queue].append((sample.at, age))
+    return dict(series)
+
+
+def _overview(web: WebState) -> dict[str, Any]:
+    now = web.app.clock.time()
+    since = now - web.history_window
+    queues = api.queue_views(web)
+    beats, history, note = _monitoring(web, since)
+    throughput = throughput_series(history, since, now, 60.0)
+    return {
+        "queues": queues,
+        "workers": [b for b in beats if not b.stopping],
+        "tasks": merged_tasks(beats),
+        "totals": {k: sum(q[k] for q in queues) for k in ("ready", "scheduled", "running", "dead")},
+        "done_last_minute": sum(v for _, v in throughput["succeeded"][-2:]),
+        "monitor_note": note,
+        "throughput_chart": Markup(
+            line_chart(throughput, since=since, until=now, title="Jobs per minute (UTC)")
+        ),
+        "oldest_chart": Markup(
+            line_chart(
+                _queue_series(web, since),
+                since=since,
+                until=now,
+                title="Oldest ready job per queue, seconds waiting (UTC)",
+                unit="s",
+            )
+        ),
+    }
+
+
+def _monitoring(web: WebState, since: float) -> tuple[list[Heartbeat], list[HistoryPoint], str]:
+    """Beats and history; an empty view with a note where the store keeps no heartbeats."""
+    try:
+        return read_beats(web.app.results), read_history(web.app.results, since), ""
+    except NotImplementedError as exc:
+        return [], [], f"no monitoring on this result store: {exc}"
+
+
+async def overview(request: Request) -> Response:
+    web = _state(request)
+    data = await run_in_threadpool(_overview, web)
+    return _render(web, "overview.html", page="overview", refresh=10, **data)
+
+
+async def queues_page(request: Request) -> Response:
+    web = _state(request)
+    queues = await run_in_threadpool(api.queue_views, web)
+    purged = _count_param(request, "purged")
+    message = None
+    if purged is not None:
+        message = (
+            f"{purged} ready or scheduled job(s) of {request.query_params.get('queue')} deleted"
+        )
+    return _render(web, "queues.html", page="queues", queues=queues, message=message)
+
+
+async def purge_queue(request: Request) -> Response:
+    web = _state(request)
+    await _form(request, web)
+    name = request.path_params["queue"]
+    purged = await run_in_threadpool(web.app.broker.purge, name)
+    return RedirectResponse(f"/queues?{urlencode({'purged': purged, 'queue': name})}", 303)
+
+
+async def jobs_page(request: Request) -> Response:
+    web = _state(request)
+    job_id = request.query_params.get("id", "").strip()
+    if job_id:
+        return RedirectResponse(f"/jobs/{job_id}", 303)
+    return _render(web, "job.html", page="jobs", job=None, query="", timeline=[])
+
+
+def _timeline(job: dict[str, Any]) -> list[tuple[float | None, str]]:
+    events: list[tuple[float | None, str]] = [(job["created_at"], "enqueued")]
+    attempts = job["attempts"]
+    if job["started_at"] is not None:
+        events.append((job["started_at"], f"attempt {attempts} started"))
+    if job["finished_at"] is not None:
+        events.append((job["finished_at"], f"attempt {attempts} ended: {job['state']}"))
+    elif job["state"] == "retrying":
+        events.append((None, f"attempt {attempts} failed; waiting for its retry"))
+    elif job["state"] == "running":
+        events.append((None, f"attempt {attempts} running"))
+    return events
+
+
+async def job_page(request: Request) -> Response:
+    web = _state(request)
+    job_id = request.path_params["job_id"]
+    job = await run_in_threadpool(api.job_view, web, job_id)
+    if job is None:
+        return _render(
+            web, "job.html", 404, page="jobs", job=None, query=job_id, timeline=[],
+        )  # fmt: skip
+    return _render(web, "job.html", page="jobs", job=job, query=job_id, timeline=_timeline(job))
+
+
+def _count_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name, "")
+    return int(raw) if raw.isdigit() else None
+
+
+async def dead_page(request: Request) -> Response:
+    web = _state(request)
+    queue = request.query_params.get("queue") or None
+    search = request.query_params.get("q", "").strip().lower()
+    letters = await run_in_threadpool(web.app.broker.dead_letters, queue, 1000)
+    views = [api.dead_view(d) for d in letters]
+    if search:
+        views = [
+            v
+            for v in views
+            if search in v["id"].lower()
+            or search in (v["task"] or "").lower()
+            or search in v["reason"].lower()
+        ]
+    message = None
+    if (retried := _count_param(request, "retried")) is not None:
+        message = f"{retried} job(s) back on their queues"
+    elif (deleted := _count_param(request, "deleted")) is not None:
+        message = f"{deleted} dead letter(s) deleted"
+    elif request.query_params.get("none"):
+        message = "nothing selected"
+    return _render(
+        web, "dead.html", page="dead", letters=views, queue=queue or "", q=search,
+        message=message,
+    )  # fmt: skip
+
+
+async def dead_action(request: Request) -> Response:
+    """Retry or delete dead letters, then send the browser back to the list (POST, redirect,
+    GET: reloading the page does not repeat the action)."""
+    web = _state(request)
+    form = await _form(request, web)
+    action = request.path_params["action"]
+    if action not in ("retry", "delete"):
+        raise api.ApiError(404, f"no action {action!r} on dead letters")
+    everything = form.get_one("all") == "1"
+    ids = form.get("id", [])
+    if not everything and not ids:
+        return RedirectResponse("/dead?none=1", 303)
+    chosen = None if everything else ids
+    if action == "retry":
+        moved = await run_in_threadpool(web.app.retry_dead, chosen)
+        return RedirectResponse(f"/dead?retried={len(moved)}", 303)
+    deleted = await run_in_threadpool(web.app.broker.delete_dead, chosen)
+    return RedirectResponse(f"/dead?deleted={deleted}", 303)
+
+
+def _workers(web: WebState) -> dict[str, Any]:
+    beats, _, note = _monitoring(web, web.app.clock.time())
+    groups: dict[tuple[str, int], list[Heartbeat]] = defaultdict(list)
+    for beat in beats:
+        groups[(beat.host, beat.ppid)].append(beat)
+    return {"groups": sorted(groups.items()), "monitor_note": note}
+
+
+async def workers_page(request: Request) -> Response:
+    web = _state(request)
+    data = await run_in_threadpool(_workers, web)
+    return _render(web, "workers.html", page="workers", refresh=10, **data)
+
+
+def _per_host(history: Sequence[HistoryPoint], bucket: float) -> dict[str, list[Sample]]:
+    """Each host's samples, one per ``bucket`` seconds (several workers share a host)."""
+    by_host: dict[str, dict[int, Sample]] = defaultdict(dict)
+    for point in history:
+        s = point.sample
+        by_host[s.host][int(s.at // bucket)] = s  # the latest of the bucket
+    return {h: [b[k] for k in sorted(b)] for h, b in sorted(by_host.items())}
+
+
+def _hosts(web: WebState) -> dict[str, Any]:
+    now = web.app.clock.time()
+    since = now - web.history_window
+    beats, history, note = _monitoring(web, since)
+    per_host = _per_host(history, 5.0)
+    latest = {b.host: b for b in sorted(beats, key=lambda b: b.at)}
+    hosts = []
+    for host in sorted(set(per_host) | set(latest)):
+        samples = per_host.get(host, [])
+        beat = latest.get(host)
+        hosts.append(
+            {
+                "host": host,
+                "figures": beat.host_figures if beat else None,
+                "workers": sum(1 for b in beats if b.host == host and not b.stopping),
+                "flagged": steal_is_sustained(
+                    samples, now, window=STEAL_WINDOW, threshold=STEAL_THRESHOLD
+                ),
+                "chart": Markup(
+                    line_chart(
+                        {
+                            name: [
+                                (s.at, v) for s in samples if (v := getattr(s, field)) is not None
+                            ]
+                            for name, field in (
+                                ("steal", "cpu_steal"),
+                                ("iowait", "cpu_iowait"),
+                                ("user", "cpu_user"),
+                            )
+                        },
+                        since=since,
+                        until=now,
+                        title=f"{host}: CPU time shares (UTC)",
+                        unit="%",
+                        threshold=STEAL_THRESHOLD,
+                    )
+                ),
+            }
+        )
+    return {"hosts": hosts, "monitor_note": note, "window": STEAL_WINDOW}
+
+
+async def hosts_page(request: Request) -> Response:
+    web = _state(request)
+    data = await run_in_threadpool(_hosts, web)
+    return _render(web, "hosts.html", page="hosts", refresh=10, **data)
+
+
+async def login(request: Request) -> Response:
+    web = _state(request)
+    if not web.token:
+        return RedirectResponse("/", 303)
+    if request.method == "GET":
+        return login_page(web, next_path=request.query_params.get("next", "/"))
+    form = await read_form(request, 4096)
+    given = form.get_one("token")
+    next_path = form.get_one("next") or "/"
+    if not next_path.startswith("/") or next_path.startswith("//"):
+        next_path = "/"
+    if given is None or not web.token_ok(given):
+        return _render(
+            web, "login.html", 401, page="login", next_path=next_path, error="wrong token"
+        )
+    response = RedirectResponse(next_path, 303)
+    response.set_cookie(
+        "sleipnir_session",
+        web.session_cookie,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    web = _state(request)
+    await _form(request, web)
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie("sleipnir_session")
+    return response
+
+
+def routes() -> list[Route]:
+    """The dashboard's routes."""
+    return [
+        Route("/", overview, methods=["GET"]),
+        Route("/queues", queues_page, methods=["GET"]),
+        Route("/queues/{queue}/purge", purge_queue, methods=["POST"]),
+        Route("/jobs", jobs_page, methods=["GET"]),
+        Route("/jobs/{job_id}", job_page, methods=["GET"]),
+        Route("/dead", dead_page, methods=["GET"]),
+        Route("/dead/{action:str}", dead_action, methods=["POST"]),
+        Route("/workers", workers_page, methods=["GET"]),
+        Route("/hosts", hosts_page, methods=["GET"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
