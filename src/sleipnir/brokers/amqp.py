@@ -1,0 +1,823 @@
+"""The RabbitMQ backend (``amqp://user:pass@host:port/vhost``, ``amqps://``).
+
+Client: pika's ``BlockingConnection``. The contract is synchronous and the
+worker makes every consuming call from its one control thread, so a blocking
+client fits it with no event loop to host; an asyncio client on a private loop
+thread would add a thread hop to every call for nothing the contract needs. A
+pika connection is not thread-safe, so each is used by one thread at a time:
+one connection for the consuming side (reserve, ack, nack, admin), behind a
+lock, and small pools for producers (``enqueue`` from any thread: up to 8
+connections for single jobs, 2 for ``map`` batches), each lent to one thread
+at a time so that threads wait for their confirms side by side.
+
+URL options: ``prefix`` (default ``sleipnir``), ``queue_type`` (``classic`` or
+``quorum``), ``park_after`` (seconds, default 900), ``heartbeat`` (seconds,
+default 30), ``connect_timeout`` (seconds, default 5); the rest goes to pika.
+
+Names (``P`` is the prefix, ``q`` a Sleipnir queue, which may not contain ``:``)::
+
+    P.q                 the work queue; durable; classic ones have x-max-priority 9
+    P.q:delay:<n>ms     12 delay queues, n = 64 * 4**k: x-message-ttl n, dead-lettering into P.q
+    P.q:parked          copies of long-running jobs (per-message TTL), dead-lettering into P.q
+    P.q:dead            dead letters, the reason in their headers
+    P:queues            registry: one message per queue name (AMQP cannot list queues)
+    P:running:<id>      exclusive, while a parked job runs: lives as long as its worker's connection
+    P:finished:<id>     durable marker, x-expires 24 h: the parked job finished
+
+Headers of every message (``message_id`` is the job id, ``delivery_mode`` 2)::
+
+    x-sleipnir-attempt    deliveries before this copy (0 when enqueued)
+    x-sleipnir-priority   the job's priority (AMQP priority = clamp(priority + 4, 0, 9))
+    x-sleipnir-eta        when the job is due (epoch seconds), on delayed jobs and retries
+    x-sleipnir-error      the reason of the last nack
+    x-sleipnir-failed-at  on dead letters: when the job was sent there
+    x-sleipnir-parked     on a parked copy
+
+Guarantees and how they are kept:
+
+* ``enqueue`` publishes persistent messages to durable queues with
+  ``mandatory``: one job with a publisher confirm, a batch in one transaction
+  (one disk sync; tx and confirms cannot share a channel). It returns after
+  RabbitMQ confirmed or committed every job. A nack or an unroutable message
+  raises :class:`BrokerError`. After a lost connection the jobs not yet
+  confirmed are published once more on a new one (a job may then be stored
+  twice: delivery is at least once).
+* Consumers use manual acks and a per-consumer prefetch (basic.qos) equal to
+  the first ``limit`` asked, which for a worker is its concurrency plus its
+  prefetch; a caller that holds jobs without ever settling one and asks for
+  more gets them with basic.get past the window. The lease is
+  RabbitMQ's own: a delivery stays with its channel until acked or until the
+  connection closes, when RabbitMQ hands it to another consumer. ``renew`` says
+  whether the channel still holds the delivery; a token from a closed channel
+  is stale and every operation with it returns ``False``.
+* Attempts: ``x-sleipnir-attempt`` + 1. A delivery with the redelivered flag
+  (its worker died holding it) is published again with the attempt raised and
+  the old copy acked, before anyone runs it, so the count is exact on classic
+  and quorum queues alike (quorum's ``x-delivery-count`` would need no header,
+  but classic queues only say "redelivered", not how often).
+* Retries and delays use no plugin: a job due later is published into the
+  largest delay queue whose TTL fits in the time left; when it expires there it
+  is dead-lettered back into the work queue, and a worker that receives it
+  before it is due sends it on to the next bucket (never early, at most 64 ms
+  late). Retries, dead-lettering, release and the moves above are all
+  "publish the new copy (confirmed), then ack the old one": a crash in between
+  leaves two copies, never none.
+* Long jobs: RabbitMQ closes a channel that holds a delivery unacked longer
+  than its ``consumer_timeout`` (30 minutes by default), which would hand the
+  job to another worker while it still runs. A delivery held longer than
+  ``park_after`` seconds is therefore *parked*: its worker declares the
+  exclusive queue ``P:running:<id>``, publishes a copy into ``P.q:parked`` and
+  acks the delivery. The copy comes back every ``min(60, park_after)`` seconds;
+  whoever receives it looks at ``P:running:<id>``: held by a live connection,
+  the copy is parked again; gone with a ``P:finished:<id>`` marker, the job
+  finished and the copy is dropped; gone without one, the worker died and the
+  copy runs as the next attempt.
+
+What RabbitMQ cannot tell without its management plugin, and so this backend
+does not: where a job waits (``job_info`` knows the jobs this broker object
+holds and the dead letters, ``None`` otherwise), how many jobs other workers
+run (``stats().running`` counts this process's), and how long the oldest job
+has waited (``oldest_ready_at`` is always ``None``). ``dead_letters``,
+``retry_dead`` and ``delete_dead`` read the dead-letter queue from its head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika  # type: ignore[import-untyped]
+
+from ..clock import Clock, SystemClock
+from ..errors import BrokerConnectionError, BrokerError
+from .amqp_link import Link, LinkPool, parse_url, probe
+from .amqp_topology import SCAN_LIMIT, Topology, amqp_priority, publish
+from .base import (
+    Broker,
+    BrokerJobState,
+    DeadLetter,
+    Envelope,
+    JobInfo,
+    Nack,
+    QueueStats,
+    Reservation,
+    redact_url,
+)
+
+__all__ = ["AMQPBroker", "amqp_priority"]
+
+log = logging.getLogger("sleipnir.brokers.amqp")
+
+H_ATTEMPT = "x-sleipnir-attempt"
+H_PRIORITY = "x-sleipnir-priority"
+H_ETA = "x-sleipnir-eta"
+H_ERROR = "x-sleipnir-error"
+H_FAILED_AT = "x-sleipnir-failed-at"
+H_PARKED = "x-sleipnir-parked"
+_DROPPED_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        *(f"x-{w}-death-{k}" for w in ("first", "last") for k in ("exchange", "queue", "reason")),
+    }
+)
+"""Headers RabbitMQ adds on dead-lettering; a new copy starts without them."""
+
+PRODUCER_CONNECTIONS = 8
+"""Connections one broker object opens at most for single enqueues (one per thread at once)."""
+BULK_CONNECTIONS = 2
+"""... and for bulk enqueues (``map``), each in one transaction."""
+FINISHED_MARKER_TTL_MS = 24 * 3600 * 1000
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    queue: str
+    tag: int
+    consumer: str
+    redelivered: bool
+    props: Any
+    body: bytes
+    received_at: float = field(default_factory=time.monotonic)
+    parked: bool = False
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.props.headers or {})
+
+    @property
+    def id(self) -> str:
+        if self.props.message_id:
+            return str(self.props.message_id)
+        # A message published by something else: name it by its content, so
+        # that every delivery of it has the same id.
+        return "raw-" + hashlib.sha1(self.body).hexdigest()[:20]
+
+    @property
+    def priority(self) -> int:
+        h = self.headers
+        if H_PRIORITY in h:
+            return _int(h[H_PRIORITY])
+        return 0 if self.props.priority is None else int(self.props.priority) - 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    generation: int
+    tag: int
+
+
+@dataclass(slots=True)
+class _Consumer:
+    tag: str
+    prefetch: int
+
+
+class AMQPBroker(Broker):
+    """The contract on RabbitMQ. See the module docstring for names and guarantees."""
+
+    poll_interval = 0.05
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        params, self.options = parse_url(url)
+        self.topology = Topology(self.options)
+        self.names = self.topology.names
+        self._pub = LinkPool(lambda: Link(params, url, "producer"), PRODUCER_CONNECTIONS)
+        self._bulk = LinkPool(
+            lambda: Link(params, url, "bulk producer", transactional=True), BULK_CONNECTIONS
+        )
+        self._con = Link(params, url, "consumer")
+        self._generation = 0
+        self._buffer: dict[str, deque[_Delivery]] = {}
+        self._held: dict[int, _Delivery] = {}
+        self._consumers: dict[str, _Consumer] = {}
+        self._settling: set[str] = set()
+        """Queues on which this object settled a job: its windows do not grow any more."""
+        self._acks: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<AMQPBroker {redact_url(self.url)}>"
+
+    def _queues(self) -> list[str]:
+        """Every queue of this prefix that ever held a job."""
+        with self._con.lock, self._con.errors("reading the queue registry"):
+            self.topology.registered = set(self.topology.read_registry(self._con))
+        return sorted(self.topology.registered)
+
+    # -- publishing -----------------------------------------------------------------
+
+    def _republish(
+        self,
+        d: _Delivery,
+        *,
+        attempt: int,
+        eta_at: float | None = None,
+        error: str | None = None,
+        to: str | None = None,
+        extra: dict[str, Any] | None = None,
+        expiration_ms: int | None = None,
+        parked: bool | None = None,
+    ) -> None:
+        """Publish a new copy of a delivery (then the caller acks the old one).
+
+        ``parked``: mark the copy as a parked one (True), as a plain job (False),
+        or keep what the delivery was (None).
+        """
+        headers = {k: v for k, v in d.headers.items() if k not in _DROPPED_HEADERS}
+        if parked is not None:
+            headers.pop(H_PARKED, None)
+            if parked:
+                headers[H_PARKED] = 1
+        headers[H_ATTEMPT] = attempt
+        headers[H_PRIORITY] = d.priority
+        if eta_at is None:
+            headers.pop(H_ETA, None)
+        else:
+            headers[H_ETA] = repr(eta_at)  # pika encodes no floats in tables
+        if error is not None:
+            headers[H_ERROR] = error
+        headers.update(extra or {})
+        target = to or self.topology.route(self._con.ch, d.queue, eta_at, self.clock.time())
+        publish(self._con.ch, target, d.body, headers, d.priority, d.id, expiration_ms)
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        for e in envelopes:
+            self.names.check(e.queue)
+        pool = self._pub if len(envelopes) == 1 else self._bulk
+        with pool.take(timeout=30.0) as link:
+            for trial in (1, 2):
+                try:
+                    with link.errors("enqueueing"):
+                        self._enqueue_on(link, envelopes)
+                    return
+                except BrokerConnectionError:
+                    # The connection broke under us (or the server had closed it while it
+                    # was idle): the unconfirmed jobs go out once more on a new one.
+                    if trial == 2:
+                        raise
+                    log.info("RabbitMQ connection lost while enqueueing; reconnecting once")
+
+    def _enqueue_on(self, link: Link, envelopes: Sequence[Envelope]) -> None:
+        ch = link.channel()
+        for queue in dict.fromkeys(e.queue for e in envelopes):
+            self.topology.ensure(link, queue)
+        now = self.clock.time()
+        link.returned.clear()
+        for e in envelopes:
+            headers: dict[str, Any] = {H_ATTEMPT: 0, H_PRIORITY: e.priority}
+            if e.eta_at is not None and e.eta_at > now:
+                headers[H_ETA] = repr(e.eta_at)
+            target = self.topology.route(ch, e.queue, e.eta_at, now)
+            publish(ch, target, e.body, headers, e.priority, e.id)
+        if link.transactional:
+            ch.tx_commit()
+            link.conn.process_data_events(time_limit=0)  # returns come before commit-ok
+            if link.returned:
+                raise BrokerError(
+                    f"RabbitMQ could not route {len(link.returned)} of {len(envelopes)} jobs "
+                    f"(was a queue deleted?); the others were stored: {link.returned[:3]}"
+                )
+
+    # -- consuming --------------------------------------------------------------------
+
+    def _consume_channel(self) -> Any:
+        """The consumer channel; a new one forgets every delivery of the old."""
+        ch = self._con.channel()
+        if self._con.generation != self._generation:
+            self._generation = self._con.generation
+            self._buffer.clear()
+            self._held.clear()
+            self._consumers.clear()
+            self._acks.clear()
+        return ch
+
+    def _on_message(self, queue: str) -> Callable[..., None]:
+        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self._buffer.setdefault(queue, deque()).append(
+                _Delivery(
+                    queue, method.delivery_tag, method.consumer_tag, method.redelivered, props, body
+                )
+            )
+
+        return on_message
+
+    def _subscribe(self, ch: Any, queue: str, limit: int) -> None:
+        """Consume ``queue`` with a prefetch window (basic.qos) of the first ``limit`` asked.
+
+        A worker asks first for its concurrency plus its prefetch, and later for
+        what its acks freed, so the window stays that size. (basic.qos binds a
+        consumer when it starts; growing it would mean a new consumer, and pika
+        gives the old one's undelivered messages back, redelivered.)
+        """
+        if queue in self._consumers:
+            return
+        ch.basic_qos(prefetch_count=max(1, limit))
+        tag = ch.basic_consume(self.names.work(queue), self._on_message(queue))
+        self._consumers[queue] = _Consumer(tag, max(1, limit))
+
+    def _window_full(self, queue: str) -> bool:
+        consumer = self._consumers[queue]
+        mine = sum(1 for d in self._held.values() if d.consumer == consumer.tag)
+        mine += sum(1 for d in self._buffer.get(queue, ()) if d.consumer == consumer.tag)
+        return mine >= consumer.prefetch
+
+    def _get(self, ch: Any, queue: str, limit: int, lease: float, out: list[Reservation]) -> None:
+        """Fetch past a full window with basic.get, for a caller that never settles here.
+
+        A worker settles, and its acks open the window again; a caller that holds
+        its jobs and asks for more (a script, the contract tests) would otherwise
+        wait for ever.
+        """
+        if queue in self._settling or not self._window_full(queue):
+            return
+        now = self.clock.time()
+        while len(out) < limit:
+            method, props, body = ch.basic_get(self.names.work(queue), auto_ack=False)
+            if method is None:
+                return
+            d = _Delivery(queue, method.delivery_tag, "", method.redelivered, props, body)
+            res = self._admit(d, now, lease)
+            if res is not None:
+                out.append(res)
+
+    def _sync(self, ch: Any, queues: Sequence[str], want: int) -> None:
+        """Take in the deliveries RabbitMQ has sent, or is sending, for ``queues``.
+
+        A declare tells how many jobs are ready. While some are and the window has
+        room, deliveries are on their way (the declare's answer may overtake them),
+        so wait for them, up to 0.1 s: "nothing returned" then means "nothing ready".
+        """
+        queues = [q for q in queues if not self._window_full(q)]
+        if not queues:
+            return  # every window is full: nothing can come before an ack
+        ready = {q: ch.queue_declare(self.names.work(q), passive=True) for q in queues}
+        self._con.conn.process_data_events(time_limit=0)
+        coming = [
+            q for q in queues if ready[q].method.message_count > 0 and not self._window_full(q)
+        ]
+        deadline = time.monotonic() + 0.1
+        while coming and time.monotonic() < deadline:
+            if sum(len(self._buffer.get(q, ())) for q in queues) >= want:
+                return
+            self._con.conn.process_data_events(time_limit=0.005)
+            coming = [q for q in coming if not self._window_full(q)]
+
+    def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
+        if limit <= 0 or not queues:
+            return []
+        out: list[Reservation] = []
+        with self._con.lock, self._con.errors("reserving"):
+            ch = self._consume_channel()
+            for q in queues:
+                self.topology.ensure(self._con, q)
+                self._subscribe(ch, q, limit)
+            self._con.conn.process_data_events(time_limit=0)
+            # Deliveries moved on (redelivered, not yet due, parked) may come straight
+            # back ready; a few rounds make "nothing returned" mean "nothing ready".
+            for _round in range(8):
+                if sum(len(self._buffer.get(q, ())) for q in queues) < limit - len(out):
+                    self._sync(ch, queues, limit - len(out))
+                moved = self._take(queues, limit, lease, out)
+                if not moved or len(out) >= limit:
+                    break
+            for q in queues:
+                if len(out) < limit:
+                    self._get(ch, q, limit, lease, out)
+        return out
+
+    def _take(self, queues: Sequence[str], limit: int, lease: float, out: list[Reservation]) -> int:
+        """Admit buffered deliveries into ``out`` (queue order, then priority); how many moved."""
+        now = self.clock.time()
+        moved = 0
+        for q in queues:
+            buf = self._buffer.get(q)
+            if not buf:
+                continue
+            ordered = sorted(buf, key=lambda d: -d.priority)  # stable: FIFO within one
+            buf.clear()
+            for d in ordered:
+                if len(out) >= limit:
+                    buf.append(d)
+                    continue
+                res = self._admit(d, now, lease)
+                if res is None:
+                    moved += 1
+                else:
+                    out.append(res)
+        return moved
+
+    def _admit(self, d: _Delivery, now: float, lease: float) -> Reservation | None:
+        """A reservation for a delivery, or ``None`` when it was moved on instead."""
+        h = d.headers
+        before = max(0, _int(h.get(H_ATTEMPT)))
+        if h.get(H_PARKED):
+            if not self._parked_copy_runs(d):
+                return None
+        elif d.redelivered:
+            # Its worker died holding it: count that delivery, then serve the new copy.
+            self._move(d, attempt=before + 1, eta_at=_float(h.get(H_ETA)))
+            return None
+        else:
+            eta = _float(h.get(H_ETA))
+            if eta is not None and eta > now + 0.001:
+                self._move(d, attempt=before, eta_at=eta)
+                return None
+        self._held[d.tag] = d
+        d.received_at = time.monotonic()
+        return Reservation(
+            id=d.id,
+            queue=d.queue,
+            body=d.body,
+            attempt=before + 1,
+            token=_Token(self._generation, d.tag),
+            lease_until=now + lease,
+            priority=d.priority,
+        )
+
+    def _move(self, d: _Delivery, **kw: Any) -> None:
+        self._republish(d, **kw)
+        self._con.ch.basic_ack(d.tag)
+
+    def _holds(self, res: Reservation) -> _Delivery | None:
+        token = res.token
+        if not isinstance(token, _Token) or token.generation != self._generation:
+            return None
+        if not self._con.is_open:
+            return None
+        return self._held.get(token.tag)
+
+    def _settle(
+        self, items: Sequence[Reservation], doing: str, act: Callable[[_Delivery, int], None]
+    ) -> list[bool]:
+        out: list[bool] = []
+        if not items:
+            return out
+        with self._con.lock, self._con.errors(doing):
+            try:
+                for i, res in enumerate(items):
+                    d = self._holds(res)
+                    if d is None:
+                        out.append(False)
+                        continue
+                    act(d, i)
+                    del self._held[d.tag]
+                    self._settling.add(d.queue)
+                    out.append(True)
+            finally:
+                # Even when a later item failed, the acks of the earlier ones go out
+                # (their new copies are published); on a dead channel they mean nothing.
+                if self._con.is_open and self._con.generation == self._generation:
+                    self._flush_acks()
+                else:
+                    self._acks.clear()
+        return out
+
+    def _flush_acks(self) -> None:
+        """Send the acks gathered by :meth:`_done` in one write.
+
+        pika's blocking ``basic_ack`` writes to the socket at every call; its
+        channel implementation queues the frame, and the last blocking call sends
+        them all (a third of a millisecond per job saved).
+        """
+        tags, self._acks = self._acks, []
+        ch = self._con.ch
+        for tag in tags[:-1]:
+            ch._impl.basic_ack(tag)
+        if tags:
+            ch.basic_ack(tags[-1])
+
+    def _done(self, d: _Delivery) -> None:
+        """Remove the delivery: ack it, or for a parked job mark it finished."""
+        if d.parked:
+            ch = self._con.ch
+            args = {"x-expires": FINISHED_MARKER_TTL_MS}
+            ch.queue_declare(self.names.finished(d.id), durable=True, arguments=args)
+            ch.queue_delete(self.names.running(d.id))
+        else:
+            self._acks.append(d.tag)
+
+    def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
+        out: list[bool] = []
+        with self._con.lock, self._con.errors("renewing"):
+            for res in reservations:
+                d = self._holds(res)
+                out.append(d is not None)
+                # Real time, not the injected clock: it races RabbitMQ's own timer.
+                held_for = 0.0 if d is None else time.monotonic() - d.received_at
+                if d is not None and not d.parked and held_for >= self.options.park_after:
+                    self._park(d, res.attempt)
+            self._recycle_buffer()
+        return out
+
+    def _park(self, d: _Delivery, attempt: int) -> None:
+        """Hand a long-held delivery back before RabbitMQ's consumer timeout (module docstring)."""
+        ch = self._con.ch
+        ch.queue_declare(self.names.running(d.id), exclusive=True)
+        self._republish(
+            d,
+            attempt=attempt,
+            to=self.names.parked(d.queue),
+            parked=True,
+            expiration_ms=self._park_check_ms,
+        )
+        ch.basic_ack(d.tag)
+        d.parked = True
+        log.info("job %s has run %.0f s; parked its delivery", d.id, self.options.park_after)
+
+    @property
+    def _park_check_ms(self) -> int:
+        return max(1, round(min(60.0, self.options.park_after) * 1000))
+
+    def _parked_copy_runs(self, d: _Delivery) -> bool:
+        """Whether a parked copy that came back must run (its worker died); else it is moved on."""
+        state = probe(self._con, self.names.running(d.id))
+        if state in ("ok", "locked"):  # its worker (maybe this one) still runs it
+            self._republish(
+                d,
+                attempt=max(0, _int(d.headers.get(H_ATTEMPT))),
+                to=self.names.parked(d.queue),
+                parked=True,
+                expiration_ms=self._park_check_ms,
+            )
+            self._con.ch.basic_ack(d.tag)
+            log.info("job %s still runs; parked its copy again", d.id)
+            return False
+        if probe(self._con, self.names.finished(d.id)) == "ok":
+            self._con.ch.queue_delete(self.names.finished(d.id))
+            self._con.ch.basic_ack(d.tag)
+            return False
+        log.warning("parked job %s lost its worker; it runs again", d.id)
+        return True
+
+    def _recycle_buffer(self) -> None:
+        """Give back deliveries that waited in the buffer for too long (consumer timeout)."""
+        limit = self.options.park_after
+        for buf in self._buffer.values():
+            old = [d for d in buf if time.monotonic() - d.received_at >= limit]
+            for d in old:
+                buf.remove(d)
+                self._move(d, attempt=max(0, _int(d.headers.get(H_ATTEMPT))))
+
+    def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        return self._settle(reservations, "acking", lambda d, i: self._done(d))
+
+    def nack(self, nacks: Sequence[Nack]) -> list[bool]:
+        now = self.clock.time()
+
+        def act(d: _Delivery, i: int) -> None:
+            n = nacks[i]
+            if n.retry_at is None:
+                self._republish(
+                    d,
+                    attempt=n.reservation.attempt,
+                    error=n.reason,
+                    to=self.names.dead(d.queue),
+                    extra={H_FAILED_AT: repr(now)},
+                    parked=False,
+                )
+            else:
+                eta = n.retry_at if n.retry_at > now else None
+                self._republish(
+                    d, attempt=n.reservation.attempt, eta_at=eta, error=n.reason, parked=False
+                )
+            self._done(d)
+
+        return self._settle([n.reservation for n in nacks], "nacking", act)
+
+    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        def act(d: _Delivery, i: int) -> None:
+            before = reservations[i].attempt - 1
+            self._republish(d, attempt=max(0, before), to=self.names.work(d.queue), parked=False)
+            self._done(d)
+
+        return self._settle(reservations, "releasing", act)
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        with self._con.lock:
+            if not self._con.is_open or not any(q in self._consumers for q in queues):
+                time.sleep(min(timeout, self.poll_interval))
+                return
+            if any(self._buffer.get(q) for q in queues):
+                return
+            with self._con.errors("waiting for jobs"):
+                self._con.conn.process_data_events(time_limit=timeout)
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def _scan_dead(
+        self, queues: Sequence[str], visit: Callable[[Any, Any, Any, bytes, str], bool]
+    ) -> None:
+        """Read each queue's dead letters from the head; stop when ``visit`` says so.
+
+        ``visit(channel, method, props, body, queue)`` may ack on the channel;
+        everything not acked goes back, in place, when the scan channel closes.
+        """
+        with self._con.lock, self._con.errors("reading dead letters"):
+            for q in queues:
+                ch = self._con.scratch()
+                try:
+                    with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                        # A queue in the registry but never declared here yet.
+                        ch.queue_declare(self.names.dead(q), passive=True)
+                    if not ch.is_open:
+                        continue
+                    for _ in range(SCAN_LIMIT):
+                        method, props, body = ch.basic_get(self.names.dead(q), auto_ack=False)
+                        if method is None or not visit(ch, method, props, body, q):
+                            break
+                finally:
+                    if ch.is_open:
+                        with contextlib.suppress(Exception):
+                            ch.close()
+
+    def _dead_letter(self, props: Any, body: bytes, queue: str) -> DeadLetter:
+        d = _Delivery(queue, 0, "", False, props, body)
+        h = d.headers
+        return DeadLetter(
+            id=d.id,
+            queue=queue,
+            body=body,
+            attempt=_int(h.get(H_ATTEMPT)),
+            reason=_text(h.get(H_ERROR, "")),
+            failed_at=_float(h.get(H_FAILED_AT)) or 0.0,
+            priority=d.priority,
+        )
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        if limit <= 0:
+            return out
+
+        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
+            out.append(self._dead_letter(props, body, q))
+            return len(out) < limit
+
+        self._scan_dead([queue] if queue is not None else self._queues(), visit)
+        out.sort(key=lambda d: d.failed_at)
+        return out[:limit]
+
+    def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
+        wanted = None if ids is None else set(ids)
+        moved: list[str] = []
+
+        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
+            dead = self._dead_letter(props, body, q)
+            if wanted is None or dead.id in wanted:
+                headers = {H_ATTEMPT: 0, H_PRIORITY: dead.priority}
+                publish(self._con.ch, self.names.work(q), body, headers, dead.priority, dead.id)
+                ch.basic_ack(method.delivery_tag)
+                moved.append(dead.id)
+            return wanted is None or len(moved) < len(wanted)
+
+        self._scan_dead(self._queues(), visit)
+        return moved
+
+    def delete_dead(self, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+        deleted = 0
+
+        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
+            nonlocal deleted
+            if wanted is None or self._dead_letter(props, body, q).id in wanted:
+                ch.basic_ack(method.delivery_tag)
+                deleted += 1
+            return wanted is None or deleted < len(wanted)
+
+        self._scan_dead(self._queues(), visit)
+        return deleted
+
+    # -- what the broker knows -------------------------------------------------------------
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        with self._con.lock:
+            for d in self._held.values():
+                if d.id == job_id and self._con.is_open:
+                    attempt = _int(d.headers.get(H_ATTEMPT)) + 1
+                    err = d.headers.get(H_ERROR)
+                    return JobInfo(
+                        job_id,
+                        d.queue,
+                        BrokerJobState.RESERVED,
+                        attempt,
+                        None if err is None else _text(err),
+                    )
+        found: list[DeadLetter] = []
+
+        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
+            dead = self._dead_letter(props, body, q)
+            if dead.id == job_id:
+                found.append(dead)
+            return not found
+
+        self._scan_dead(self._queues(), visit)
+        if found:
+            dead = found[0]
+            return JobInfo(job_id, dead.queue, BrokerJobState.DEAD, dead.attempt, dead.reason)
+        return None
+
+    def stats(self) -> list[QueueStats]:
+        queues = self._queues()
+        out = []
+        with self._con.lock, self._con.errors("counting jobs"):
+            ch = self._consume_channel()
+            counts: dict[str, dict[str, int]] = {}
+            delayed: dict[str, int] = {}
+            for q in queues:
+                counts[q] = self.topology.declare_all(ch, q)
+                delayed[q] = sum(self.topology.delay_counts(self._con, q).values())
+            self._con.conn.process_data_events(time_limit=0)
+            n = self.names
+            for q in queues:
+                c = counts[q]
+                out.append(
+                    QueueStats(
+                        q,
+                        ready=c[n.work(q)] + len(self._buffer.get(q, ())),
+                        scheduled=delayed[q],
+                        running=sum(1 for d in self._held.values() if d.queue == q),
+                        dead=c[n.dead(q)],
+                    )
+                )
+        return out
+
+    def purge(self, queue: str) -> int:
+        self.names.check(queue)
+        with self._con.lock, self._con.errors("purging"):
+            ch = self._consume_channel()
+            self.topology.ensure(self._con, queue)
+            self._con.conn.process_data_events(time_limit=0)
+            purged = 0
+            for d in self._buffer.pop(queue, deque()):
+                ch.basic_ack(d.tag)
+                purged += 1
+            for name in (self.names.work(queue), *self.topology.delay_counts(self._con, queue)):
+                purged += ch.queue_purge(name).method.message_count
+        return int(purged)
+
+    def delete_queues(self) -> list[str]:
+        """Delete every queue of this prefix, jobs and dead letters with them; their names.
+
+        For tearing down a namespace (tests, a retired deployment): it destroys jobs.
+        """
+        queues = self._queues()
+        deleted = []
+        with self._con.lock, self._con.errors("deleting queues"):
+            ch = self._con.channel()
+            for q in queues:
+                for name in self.names.all_of(q):
+                    ch.queue_delete(name)
+                    deleted.append(name)
+            ch.queue_delete(self.names.registry)
+            deleted.append(self.names.registry)
+            self.topology.forget()
+        return deleted
+
+    def close(self) -> None:
+        with self._con.lock:
+            if self._con.is_open:
+                try:
+                    with self._con.errors("closing"):
+                        for consumer in self._consumers.values():
+                            self._con.ch.basic_cancel(consumer.tag)
+                        self._con.conn.process_data_events(time_limit=0)
+                        # Deliveries that never reached a worker go back uncounted.
+                        for buf in self._buffer.values():
+                            while buf:
+                                d = buf.popleft()
+                                self._move(d, attempt=max(0, _int(d.headers.get(H_ATTEMPT))))
+                except BrokerError as exc:
+                    log.warning("closing the RabbitMQ consumer: %s", exc)
+            self._con.close()
+            self._buffer.clear()
+            self._held.clear()
+            self._consumers.clear()
+        self._pub.close()
+        self._bulk.close()
