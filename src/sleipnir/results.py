@@ -5,6 +5,12 @@ the result store keeps what happened to it (retrying, succeeded, failed) and
 the value or error, until ``expires_at``. The worker writes a record after
 the task finished and *before* it acknowledges the job, so an acked job
 always has its outcome stored.
+
+The same store keeps the workers' heartbeats (:class:`WorkerBeat`, the latest
+one per worker plus a bounded history of compact samples for plots) and
+claimed keys (:meth:`ResultStore.claim_key`, set-if-absent with an expiry, what
+the HTTP API's ``Idempotency-Key`` uses), so monitoring works on every backend.
+The store moves bytes; :mod:`sleipnir.monitor` says what is in them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["JobState", "ResultRecord", "ResultStore"]
+__all__ = ["BeatSample", "JobState", "ResultRecord", "ResultStore", "WorkerBeat"]
 
 
 class JobState(StrEnum):
@@ -53,6 +59,30 @@ class ResultRecord:
     started_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """A worker's latest heartbeat, as the result store keeps it."""
+
+    worker_id: str
+    at: float
+    """When it was sent (epoch seconds)."""
+    expires_at: float
+    """After this the worker counts as gone and :meth:`ResultStore.beats` leaves it out."""
+    body: bytes
+    """The whole beat, JSON (see :mod:`sleipnir.monitor`)."""
+    sample: bytes
+    """The compact part kept in the history for plots, JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class BeatSample:
+    """One entry of the heartbeat history."""
+
+    worker_id: str
+    at: float
+    sample: bytes
+
+
 class ResultStore(ABC):
     """Where outcomes are kept. One contract, several backends."""
 
@@ -78,6 +108,40 @@ class ResultStore(ABC):
     @abstractmethod
     def purge_expired(self) -> int:
         """Delete expired records; return how many."""
+
+    # -- heartbeats and claimed keys ----------------------------------------------
+    #
+    # Not abstract, so that a store written before them still opens; the contract
+    # suite checks them on every backend, and a store without them raises
+    # NotImplementedError, which the worker logs once and the dashboard shows.
+
+    def beat(self, beat: WorkerBeat, keep: float) -> None:
+        """Store ``beat`` as its worker's latest and add its sample to the history.
+
+        Samples older than ``beat.at - keep`` seconds are dropped, so the history
+        stays bounded.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no heartbeats")
+
+    def beats(self) -> list[WorkerBeat]:
+        """The latest beat of every worker whose beat has not expired, by worker id."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no heartbeats")
+
+    def beat_history(self, since: float) -> list[BeatSample]:
+        """The samples sent at or after ``since``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no heartbeats")
+
+    def claim_key(self, key: str, value: bytes, expires_at: float) -> bytes | None:
+        """Store ``value`` under ``key`` unless a live claim exists; atomic.
+
+        Returns ``None`` when this call claimed the key, else the value of the
+        claim that holds it. A claim past its ``expires_at`` counts as absent.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claimed keys")
+
+    def release_key(self, key: str) -> bool:
+        """Drop a claim (when the work it guarded was not done); ``False`` if there was none."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no claimed keys")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

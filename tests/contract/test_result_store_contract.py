@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import astuple, replace
 from typing import Any
 
 import pytest
 
 from sleipnir.job import new_job_id
-from sleipnir.results import JobState, ResultRecord, ResultStore
+from sleipnir.results import JobState, ResultRecord, ResultStore, WorkerBeat
 from sleipnir.testing import FakeClock
 
 TTL = 3600.0
@@ -100,3 +101,93 @@ def test_delete_returns_how_many_records_there_were(results: ResultStore, clock:
     assert results.delete([first.job_id, second.job_id, new_job_id()]) == 2
     assert results.get(first.job_id) is None
     assert results.delete([first.job_id]) == 0
+
+
+# -- heartbeats ---------------------------------------------------------------------
+
+
+def make_beat(clock: FakeClock, worker_id: str, ttl: float = 15.0, n: int = 0) -> WorkerBeat:
+    now = clock.time()
+    return WorkerBeat(
+        worker_id=worker_id,
+        at=now,
+        expires_at=now + ttl,
+        body=b'{"worker_id": "%s", "n": %d}' % (worker_id.encode(), n),
+        sample=b'[%r, %d, "\\u00e9\\u0000"]' % (now, n),
+    )
+
+
+def test_beat_keeps_the_latest_per_worker(results: ResultStore, clock: FakeClock) -> None:
+    first = make_beat(clock, "host-a:1:aa", n=1)
+    other = make_beat(clock, "host-b:2:bb", n=1)
+    results.beat(first, keep=3600)
+    results.beat(other, keep=3600)
+    clock.advance(5)
+    second = make_beat(clock, "host-a:1:aa", n=2)
+    results.beat(second, keep=3600)
+    assert results.beats() == [second, other]
+
+
+@pytest.mark.requires("fake_clock")
+def test_a_beat_past_its_expiry_is_left_out(results: ResultStore, clock: FakeClock) -> None:
+    short = make_beat(clock, "host-a:1:aa", ttl=10)
+    long = make_beat(clock, "host-b:2:bb", ttl=100)
+    results.beat(short, keep=3600)
+    results.beat(long, keep=3600)
+    clock.advance(11)
+    assert [b.worker_id for b in results.beats()] == ["host-b:2:bb"]
+
+
+def test_beat_history_keeps_samples_oldest_first_and_drops_old_ones(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    start = clock.time()
+    sent = []
+    for n in range(6):
+        beat = make_beat(clock, f"host-{n % 2}:1:aa", n=n)
+        results.beat(beat, keep=25)
+        sent.append(beat)
+        clock.advance(10)
+    history = results.beat_history(start)
+    # The last beat was at start + 50; with keep=25 the samples from start + 25 on stay.
+    assert [(h.worker_id, h.at, h.sample) for h in history] == [
+        (b.worker_id, b.at, b.sample) for b in sent[3:]
+    ]
+    assert [h.at for h in results.beat_history(start + 40)] == [start + 40, start + 50]
+
+
+# -- claimed keys --------------------------------------------------------------------
+
+
+def test_claim_key_is_set_if_absent(results: ResultStore, clock: FakeClock) -> None:
+    key = f"idempotency:{new_job_id()}"
+    expires_at = clock.time() + 60
+    assert results.claim_key(key, b"job-1", expires_at) is None
+    assert results.claim_key(key, b"job-2", expires_at) == b"job-1"
+    assert results.release_key(key) is True
+    assert results.release_key(key) is False
+    assert results.claim_key(key, b"job-3", expires_at) is None
+    assert results.claim_key(key, b"job-4", expires_at) == b"job-3"
+
+
+@pytest.mark.requires("fake_clock")
+def test_an_expired_claim_counts_as_absent(results: ResultStore, clock: FakeClock) -> None:
+    key = f"idempotency:{new_job_id()}"
+    assert results.claim_key(key, b"job-1", clock.time() + 10) is None
+    clock.advance(9)
+    assert results.claim_key(key, b"job-2", clock.time() + 10) == b"job-1"
+    clock.advance(2)
+    assert results.claim_key(key, b"job-2", clock.time() + 10) is None
+    assert results.claim_key(key, b"job-3", clock.time() + 10) == b"job-2"
+
+
+def test_one_claim_wins_among_concurrent_claimers(results: ResultStore, clock: FakeClock) -> None:
+    key = f"idempotency:{new_job_id()}"
+    expires_at = clock.time() + 60
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda i: results.claim_key(key, b"job-%d" % i, expires_at), range(16))
+        )
+    winners = [i for i, a in enumerate(answers) if a is None]
+    assert len(winners) == 1
+    assert set(answers) == {None, b"job-%d" % winners[0]}

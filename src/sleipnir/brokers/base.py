@@ -216,5 +216,13 @@ class Broker(ABC):
         """What in this broker's configuration can lose accepted jobs (logged at worker start)."""
         return []
 
+    def settings_report(self) -> dict[str, str | None]:
+        """The server's settings that decide what a crash keeps, as they are now.
+
+        Names as the server spells them; ``None`` where a setting could not be read.
+        ``sleipnir doctor`` judges them. The default: nothing to report.
+        """
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""

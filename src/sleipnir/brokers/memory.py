@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..clock import Clock, SystemClock
-from ..results import ResultRecord, ResultStore
+from ..results import BeatSample, ResultRecord, ResultStore, WorkerBeat
 from .base import (
     Broker,
     BrokerJobState,
@@ -273,6 +273,9 @@ class MemoryResultStore(ResultStore):
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._records: dict[str, ResultRecord] = {}
+        self._beats: dict[str, WorkerBeat] = {}
+        self._history: list[BeatSample] = []
+        self._claims: dict[str, tuple[bytes, float]] = {}
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         with self._lock:
@@ -299,3 +302,33 @@ class MemoryResultStore(ResultStore):
             for key in doomed:
                 del self._records[key]
         return len(doomed)
+
+    def beat(self, beat: WorkerBeat, keep: float) -> None:
+        with self._lock:
+            self._beats[beat.worker_id] = beat
+            self._history.append(BeatSample(beat.worker_id, beat.at, beat.sample))
+            self._history = [h for h in self._history if h.at >= beat.at - keep]
+
+    def beats(self) -> list[WorkerBeat]:
+        now = self.clock.time()
+        with self._lock:
+            return sorted(
+                (b for b in self._beats.values() if b.expires_at > now), key=lambda b: b.worker_id
+            )
+
+    def beat_history(self, since: float) -> list[BeatSample]:
+        with self._lock:
+            return sorted((h for h in self._history if h.at >= since), key=lambda h: h.at)
+
+    def claim_key(self, key: str, value: bytes, expires_at: float) -> bytes | None:
+        now = self.clock.time()
+        with self._lock:
+            held = self._claims.get(key)
+            if held is not None and held[1] > now:
+                return held[0]
+            self._claims[key] = (value, expires_at)
+            return None
+
+    def release_key(self, key: str) -> bool:
+        with self._lock:
+            return self._claims.pop(key, None) is not None

@@ -19,6 +19,11 @@ Key layout (``P`` is the prefix, default ``sleipnir``)::
     P:result:<id>     HASH   state, task, queue, attempt, started, finished, expires,
                              value, error; expires at ``expires_at`` (PEXPIREAT)
     P:result-expiry   ZSET   result id -> expires_at (for purge_expired)
+    P:beat:<worker>   HASH   at, expires, body, sample: a worker's latest heartbeat
+                             (PEXPIREAT expires)
+    P:beats           ZSET   worker id -> expires_at of its latest beat
+    P:beat-history    ZSET   "<worker id> <sample>" -> at (trimmed to the last ``keep`` s)
+    P:claim:<key>     HASH   value, expires: a claimed key (claim.lua; PEXPIREAT expires)
 
 A reserve first moves due jobs from ``sched`` and expired leases from
 ``lease`` back to ``ready`` (in their original FIFO place), so expired leases
@@ -36,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,7 +55,7 @@ from redis.retry import Retry
 
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
-from ..results import JobState, ResultRecord, ResultStore
+from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
 from .base import (
     Broker,
     BrokerJobState,
@@ -132,23 +139,79 @@ def _errors(url: str) -> Iterator[None]:
         raise BrokerError(f"Redis at {redact_url(url)} failed: {exc}") from exc
 
 
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class _Direct:
+    """Commands sent on a connection of the calling thread's own, kept between calls.
+
+    The pool's check-out before every command (a lock, and a non-blocking read that
+    makes sure the connection holds no stale reply) costs about as much as a loopback
+    round trip on a small VM: measured, a PING took 93 µs through the client and 42 µs
+    this way. A thread's connection is never shared, so no reply can be left half
+    read by another caller; on an error it is dropped (and a connection error is
+    retried through the client, with its backoff). A forked child opens its own.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.generation != _fork_generation:
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            local.conn, local.generation = conn, _fork_generation
+        return conn
+
+    def __call__(self, *args: Any) -> Any:
+        conn = self._connection()
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except redis.ResponseError:
+            raise  # the whole reply was read: the connection is fine
+        except BaseException as exc:
+            self._local.conn = None
+            conn.disconnect()
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                return self.client.execute_command(*args)
+            raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.disconnect()
+
+
 class _Script:
     """A Lua script called by EVALSHA, loaded again if the server lost it (a restart).
 
-    Calling ``execute_command`` directly skips redis-py's per-call argument
-    filtering in ``Script.__call__``: about 8 µs of a 100 µs round trip.
+    Sent through :class:`_Direct`, which also skips redis-py's per-call argument
+    filtering in ``Script.__call__`` (about 8 µs).
     """
 
-    def __init__(self, client: Any, name: str) -> None:
-        self.client = client
+    def __init__(self, direct: _Direct, name: str) -> None:
+        self.direct = direct
         self.text = _script(name)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
     def __call__(self, args: Sequence[Any]) -> Any:
         try:
-            return self.client.execute_command("EVALSHA", self.sha, 0, *args)
+            return self.direct("EVALSHA", self.sha, 0, *args)
         except redis.exceptions.NoScriptError:
-            return self.client.execute_command("EVAL", self.text, 0, *args)
+            return self.direct("EVAL", self.text, 0, *args)
 
 
 def _s(value: Any) -> str:
@@ -164,11 +227,12 @@ class RedisBroker(Broker):
         self.url = url
         self.clock = clock or SystemClock()
         self.client, self.prefix = connect(url)
-        self._enqueue = _Script(self.client, "enqueue")
-        self._reserve = _Script(self.client, "reserve")
-        self._settle = _Script(self.client, "settle")
-        self._dead_move = _Script(self.client, "dead")
-        self._info = _Script(self.client, "info")
+        self._direct = _Direct(self.client)
+        self._enqueue = _Script(self._direct, "enqueue")
+        self._reserve = _Script(self._direct, "reserve")
+        self._settle = _Script(self._direct, "settle")
+        self._dead_move = _Script(self._direct, "dead")
+        self._info = _Script(self._direct, "info")
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -408,7 +472,35 @@ class RedisBroker(Broker):
             )
         return warnings
 
+    def settings_report(self) -> dict[str, str | None]:
+        """``appendonly``, ``appendfsync``, ``maxmemory``, ``maxmemory-policy``, ``role``.
+
+        Read with ``CONFIG GET``; where that is refused (managed services), from
+        ``INFO``, which lacks ``appendfsync``; ``config-error`` then says why.
+        """
+        names = ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy")
+        report: dict[str, str | None] = dict.fromkeys(names)
+        with _errors(self.url):
+            info = self.client.info()
+            report["role"] = _s(info.get("role", "")) or None
+            report["config-error"] = None
+            try:
+                for name in names:  # one per call: Redis 6 takes one pattern
+                    value = self.client.config_get(name).get(name)
+                    report[name] = None if value is None else _s(value)
+            except redis.ResponseError as exc:
+                report["config-error"] = str(exc)
+                aof = info.get("aof_enabled")
+                report["appendonly"] = None if aof is None else ("yes" if int(aof) else "no")
+                for name, field in (
+                    ("maxmemory", "maxmemory"),
+                    ("maxmemory-policy", "maxmemory_policy"),
+                ):
+                    report[name] = None if info.get(field) is None else _s(info[field])
+        return report
+
     def close(self) -> None:
+        self._direct.close()
         self.client.close()
 
 
@@ -419,7 +511,9 @@ class RedisResultStore(ResultStore):
         self.url = url
         self.clock = clock or SystemClock()
         self.client, self.prefix = connect(url)
-        self._put = _Script(self.client, "result_put")
+        self._direct = _Direct(self.client)
+        self._put = _Script(self._direct, "result_put")
+        self._claim = _Script(self._direct, "claim")
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         if not records:
@@ -438,10 +532,12 @@ class RedisResultStore(ResultStore):
 
     def get(self, job_id: str) -> ResultRecord | None:
         with _errors(self.url):
-            row = self.client.hgetall(f"{self.prefix}:result:{job_id}")
+            # On the thread's own connection: a producer waiting for a result polls this.
+            row = self._direct("HGETALL", f"{self.prefix}:result:{job_id}")
         if not row:
             return None
-        f = {_s(k): v for k, v in row.items()}
+        pairs = row.items() if isinstance(row, dict) else zip(row[::2], row[1::2], strict=True)
+        f = {_s(k): v for k, v in pairs}
         expires_at = float(f["expires"])
         if expires_at <= self.clock.time():
             return None
@@ -481,5 +577,77 @@ class RedisResultStore(ResultStore):
             pipe.execute()
         return len(ids)
 
+    def beat(self, beat: WorkerBeat, keep: float) -> None:
+        p = self.prefix
+        key = f"{p}:beat:{beat.worker_id}"
+        with _errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(
+                key,
+                mapping={
+                    "at": repr(beat.at),
+                    "expires": repr(beat.expires_at),
+                    "body": beat.body,
+                    "sample": beat.sample,
+                },
+            )
+            pipe.pexpireat(key, int(beat.expires_at * 1000) + 1)
+            pipe.zadd(f"{p}:beats", {beat.worker_id: beat.expires_at})
+            pipe.zremrangebyscore(f"{p}:beats", "-inf", repr(beat.at - keep))
+            pipe.zadd(f"{p}:beat-history", {beat.worker_id.encode() + b" " + beat.sample: beat.at})
+            pipe.zremrangebyscore(f"{p}:beat-history", "-inf", f"({beat.at - keep!r}")
+            pipe.execute()
+
+    def beats(self) -> list[WorkerBeat]:
+        now = self.clock.time()
+        with _errors(self.url):
+            ids = [
+                _s(i)
+                for i in self.client.zrangebyscore(f"{self.prefix}:beats", f"({now!r}", "+inf")
+            ]
+            pipe = self.client.pipeline(transaction=False)
+            for worker_id in ids:
+                pipe.hgetall(f"{self.prefix}:beat:{worker_id}")
+            rows = pipe.execute() if ids else []
+        out = []
+        for worker_id, row in zip(ids, rows, strict=True):
+            f = {_s(k): v for k, v in row.items()}
+            if not f or float(f["expires"]) <= now:
+                continue
+            out.append(
+                WorkerBeat(
+                    worker_id,
+                    float(f["at"]),
+                    float(f["expires"]),
+                    bytes(f["body"]),
+                    bytes(f["sample"]),
+                )
+            )
+        return sorted(out, key=lambda b: b.worker_id)
+
+    def beat_history(self, since: float) -> list[BeatSample]:
+        with _errors(self.url):
+            rows = self.client.zrangebyscore(
+                f"{self.prefix}:beat-history", repr(since), "+inf", withscores=True
+            )
+        out = []
+        for member, at in rows:
+            worker_id, _, sample = bytes(member).partition(b" ")
+            out.append(BeatSample(worker_id.decode(), float(at), sample))
+        return out
+
+    def claim_key(self, key: str, value: bytes, expires_at: float) -> bytes | None:
+        with _errors(self.url):
+            held = self._claim(
+                [f"{self.prefix}:claim:{key}", value, repr(expires_at), repr(self.clock.time())]
+            )
+        return None if held is None else bytes(held)
+
+    def release_key(self, key: str) -> bool:
+        with _errors(self.url):
+            return bool(self.client.delete(f"{self.prefix}:claim:{key}"))
+
     def close(self) -> None:
+        self._direct.close()
         self.client.close()

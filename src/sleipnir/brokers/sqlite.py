@@ -18,7 +18,7 @@ URL forms: ``sqlite:///abs/path.db`` (absolute), ``sqlite://rel/path.db`` or
 ``sqlite:rel/path.db`` (relative to the working directory). Options:
 ``sync=normal|full``, ``busy_timeout=<seconds>`` (default 30).
 
-Schema (one file, three tables)::
+Schema (one file)::
 
     sleipnir_jobs     seq INTEGER PRIMARY KEY   -- FIFO order within a priority
                       id TEXT UNIQUE, queue TEXT, priority INTEGER,
@@ -31,6 +31,9 @@ Schema (one file, three tables)::
     sleipnir_queues   name TEXT PRIMARY KEY     -- every queue ever used (filled by a trigger)
     sleipnir_results  job_id TEXT PRIMARY KEY, state, task, queue, attempt,
                       started_at, finished_at, expires_at, value BLOB, error TEXT
+    sleipnir_beats    worker_id TEXT PRIMARY KEY, at, expires_at, body BLOB, sample BLOB
+    sleipnir_beat_history  seq INTEGER PRIMARY KEY, worker_id, at, sample BLOB; index (at)
+    sleipnir_claims   key TEXT PRIMARY KEY, value BLOB, expires_at  -- set-if-absent keys
 
 A job is reservable when ``visible_at <= now``: that one test covers ready
 jobs, delayed jobs that came due and leases that ran out, so expired leases
@@ -51,7 +54,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
-from ..results import JobState, ResultRecord, ResultStore
+from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
 from .base import (
     Broker,
     BrokerJobState,
@@ -106,6 +109,25 @@ CREATE TABLE IF NOT EXISTS sleipnir_results (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS sleipnir_results_expiry ON sleipnir_results (expires_at);
+CREATE TABLE IF NOT EXISTS sleipnir_beats (
+    worker_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    sample BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sleipnir_beat_history (
+    seq INTEGER PRIMARY KEY,
+    worker_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    sample BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sleipnir_beat_history_at ON sleipnir_beat_history (at);
+CREATE TABLE IF NOT EXISTS sleipnir_claims (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 _SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
@@ -556,10 +578,65 @@ class SQLiteResultStore(ResultStore):
             ).rowcount
 
     def purge_expired(self) -> int:
+        now = self.clock.time()
         with self._db.write() as conn:
+            conn.execute("DELETE FROM sleipnir_claims WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM sleipnir_beats WHERE expires_at <= ?", (now,))
             return conn.execute(
-                "DELETE FROM sleipnir_results WHERE expires_at <= ?", (self.clock.time(),)
+                "DELETE FROM sleipnir_results WHERE expires_at <= ?", (now,)
             ).rowcount
+
+    def beat(self, beat: WorkerBeat, keep: float) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO sleipnir_beats (worker_id, at, expires_at, body, sample)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (beat.worker_id, beat.at, beat.expires_at, beat.body, beat.sample),
+            )
+            conn.execute(
+                "INSERT INTO sleipnir_beat_history (worker_id, at, sample) VALUES (?, ?, ?)",
+                (beat.worker_id, beat.at, beat.sample),
+            )
+            conn.execute("DELETE FROM sleipnir_beat_history WHERE at < ?", (beat.at - keep,))
+
+    def beats(self) -> list[WorkerBeat]:
+        rows = self._db.read(
+            "SELECT worker_id, at, expires_at, body, sample FROM sleipnir_beats"
+            " WHERE expires_at > ? ORDER BY worker_id",
+            (self.clock.time(),),
+        )
+        return [
+            WorkerBeat(str(w), float(a), float(e), bytes(b), bytes(p))  # type: ignore[arg-type, call-overload]
+            for w, a, e, b, p in rows
+        ]
+
+    def beat_history(self, since: float) -> list[BeatSample]:
+        rows = self._db.read(
+            "SELECT worker_id, at, sample FROM sleipnir_beat_history WHERE at >= ?"
+            " ORDER BY at, seq",
+            (since,),
+        )
+        return [BeatSample(str(w), float(a), bytes(p)) for w, a, p in rows]  # type: ignore[arg-type, call-overload]
+
+    def claim_key(self, key: str, value: bytes, expires_at: float) -> bytes | None:
+        with self._db.write() as conn:
+            # One write transaction: the read and the insert cannot interleave with
+            # another process's claim of the same key.
+            row = conn.execute(
+                "SELECT value FROM sleipnir_claims WHERE key = ? AND expires_at > ?",
+                (key, self.clock.time()),
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            conn.execute(
+                "INSERT OR REPLACE INTO sleipnir_claims (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, expires_at),
+            )
+            return None
+
+    def release_key(self, key: str) -> bool:
+        with self._db.write() as conn:
+            return conn.execute("DELETE FROM sleipnir_claims WHERE key = ?", (key,)).rowcount > 0
 
     def close(self) -> None:
         self._db.close()

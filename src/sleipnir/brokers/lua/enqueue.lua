@@ -23,8 +23,10 @@ end
 for q, wake in pairs(woken) do
   redis.call('SADD', P .. ':queues', q)
   if wake then
-    redis.call('LPUSH', P .. ':wake:' .. q, 1)
-    redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
+    -- the list holds at most one element: trim only when this push made it two
+    if redis.call('LPUSH', P .. ':wake:' .. q, 1) > 1 then
+      redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
+    end
   end
 end
 return 1

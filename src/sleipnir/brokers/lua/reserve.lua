@@ -26,17 +26,20 @@ for qi = 6, #ARGV do
     end
   end
   local popped = redis.call('ZPOPMIN', ready, limit)
+  -- since and lease are changed with one variadic call per 500 jobs, not one per job
+  local gone, leased = {}, {}
   for i = 1, #popped, 2 do
     local id = popped[i]
     local key = P .. ':job:' .. id
-    redis.call('ZREM', since, id)
+    gone[#gone + 1] = id
     -- An id whose hash is gone (deleted by hand, or evicted) is dropped, not leased:
     -- there is no body to run.
-    if redis.call('EXISTS', key) == 1 then
+    local f = redis.call('HMGET', key, 'pri', 'body')
+    if f[2] then
       local attempt = redis.call('HINCRBY', key, 'attempt', 1)
       redis.call('HSET', key, 'token', token)
-      redis.call('ZADD', P .. ':lease:' .. q, lease_until, id)
-      local f = redis.call('HMGET', key, 'pri', 'body')
+      leased[#leased + 1] = lease_until
+      leased[#leased + 1] = id
       out[#out + 1] = id
       out[#out + 1] = q
       out[#out + 1] = f[1]
@@ -44,6 +47,12 @@ for qi = 6, #ARGV do
       out[#out + 1] = f[2]
       limit = limit - 1
     end
+  end
+  for i = 1, #gone, 500 do
+    redis.call('ZREM', since, unpack(gone, i, math.min(i + 499, #gone)))
+  end
+  for i = 1, #leased, 1000 do
+    redis.call('ZADD', P .. ':lease:' .. q, unpack(leased, i, math.min(i + 999, #leased)))
   end
 end
 return out
