@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -11,9 +12,17 @@ from typing import Any, ParamSpec, TypeVar, overload
 from .brokers import broker_from_url, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
-from .errors import ConfigurationError, UnknownTaskError
+from .errors import (
+    ConfigurationError,
+    InvalidArgumentsError,
+    KeyReusedError,
+    SleipnirError,
+    UnknownTaskError,
+)
 from .job import DEFAULT_MAX_PAYLOAD_BYTES, Job, encode_job
+from .keys import KeyClaim, claim_for_job
 from .results import JobState, ResultStore
+from .schedule import Periodic, Schedule, as_schedule, default_catch_up
 from .task import JobHandle, Task, TaskOptions
 
 __all__ = ["DEFAULT_BROKER_URL", "App"]
@@ -23,6 +32,9 @@ R = TypeVar("R")
 
 DEFAULT_BROKER_URL = "sqlite://sleipnir.db"
 """``./sleipnir.db`` in the working directory: the embedded default."""
+
+DEFAULT_AMQP_RESULTS_URL = "sqlite://sleipnir-results.db"
+"""Where an App on RabbitMQ keeps results unless told: ``./sleipnir-results.db``."""
 
 
 class App:
@@ -60,6 +72,8 @@ class App:
         self.max_payload_bytes = max_payload_bytes
         self.result_ttl = result_ttl
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Periodic] = {}
+        """Periodic tasks by name, with their schedules (see :mod:`sleipnir.schedule`)."""
         self._broker = broker if isinstance(broker, Broker) else None
         self.broker_url = (
             broker.url if isinstance(broker, Broker) else _absolute(broker or DEFAULT_BROKER_URL)
@@ -69,6 +83,9 @@ class App:
             self.results_url = results.url
         elif results is not None:
             self.results_url = _absolute(results)
+        elif self.broker_url.startswith(("amqp:", "amqps:")):
+            # RabbitMQ keeps messages, not outcomes: results go to a file beside the app.
+            self.results_url = _absolute(DEFAULT_AMQP_RESULTS_URL)
         else:
             self.results_url = self.broker_url
 
@@ -133,6 +150,10 @@ class App:
         max_backoff: float = 300.0,
         timeout: float | None = None,
         priority: int = 0,
+        unique_for: float | None = None,
+        schedule: str | float | Schedule | None = None,
+        tz: str | None = None,
+        catch_up: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -146,12 +167,26 @@ class App:
         max_backoff: float = 300.0,
         timeout: float | None = None,
         priority: int = 0,
+        unique_for: float | None = None,
+        schedule: str | float | Schedule | None = None,
+        tz: str | None = None,
+        catch_up: float | None = None,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
         The task's name is the function's name unless ``name`` is given; it is
         the name under which any producer (the CLI, another language) refers to it.
+
+        ``schedule`` makes it periodic: a cron string (``"0 6 1 * *"``, in ``tz``,
+        default UTC), seconds between runs, or a :class:`~sleipnir.schedule.Schedule`.
+        ``catch_up`` is how late (seconds) a missed tick may still run, once; see
+        :mod:`sleipnir.schedule`.
         """
+        if schedule is None and (tz is not None or catch_up is not None):
+            raise ConfigurationError("tz= and catch_up= need a schedule=")
+        when = None if schedule is None else as_schedule(schedule, tz)
+        if catch_up is not None and not 0 <= catch_up < math.inf:
+            raise ConfigurationError("catch_up must be finite and >= 0 seconds")
         options = TaskOptions(
             queue=queue or self.default_queue,
             retries=retries,
@@ -159,6 +194,7 @@ class App:
             max_backoff=max_backoff,
             timeout=timeout,
             priority=priority,
+            unique_for=unique_for,
         )
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -166,10 +202,41 @@ class App:
             if task_name in self.tasks and self.tasks[task_name].fn is not f:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             task = Task(self, f, task_name, options)
+            if when is not None:
+                try:
+                    task.check_arguments((), {})
+                except InvalidArgumentsError:
+                    raise ConfigurationError(
+                        f"periodic task {task_name} must be callable without arguments"
+                    ) from None
+                self.schedules[task_name] = Periodic(
+                    task, when, default_catch_up(when) if catch_up is None else catch_up
+                )
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        *,
+        every: float | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        catch_up: float | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Register a periodic task: ``@app.periodic(every=30.0)`` or ``(cron="0 6 * * *")``.
+
+        The same as ``@app.task(schedule=...)``; other keyword arguments are task options.
+        """
+        if (every is None) == (cron is None):
+            raise ConfigurationError("give one of every= (seconds) or cron= (an expression)")
+        schedule: str | float = cron if cron is not None else every  # type: ignore[assignment]
+        decorator: Callable[[Callable[[], R]], Task[[], R]] = self.task(
+            schedule=schedule, tz=tz, catch_up=catch_up, **options
+        )
+        return decorator
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``; :class:`UnknownTaskError` if none."""
@@ -193,11 +260,48 @@ class App:
             for job in jobs
         ]
 
-    def enqueue_jobs(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
-        """Store built jobs in the broker, all in one call; durable when this returns."""
+    def enqueue_jobs(
+        self, jobs: Sequence[Job], claims: Sequence[KeyClaim | None] | None = None
+    ) -> list[JobHandle[Any]]:
+        """Store built jobs in the broker, all in one call; durable when this returns.
+
+        ``claims`` (one per job, or ``None``) are keys to claim first (see
+        :mod:`sleipnir.keys`): a job whose key a live claim already holds is not
+        stored, and its handle is the holder's. A key held for a different call
+        raises :class:`KeyReusedError` and nothing is stored.
+        """
         envelopes = self._envelopes(jobs)  # encode (and size-check) all before storing any
-        self.broker.enqueue(envelopes)
-        return [JobHandle(self, job.id) for job in jobs]
+        if not claims or not any(claims):
+            self.broker.enqueue(envelopes)
+            return [JobHandle(self, job.id) for job in jobs]
+        if len(claims) != len(jobs):
+            raise ValueError("give one claim (or None) per job")
+        handles: list[JobHandle[Any]] = []
+        store: list[Envelope] = []
+        mine: list[str] = []
+        try:
+            for job, envelope, want in zip(jobs, envelopes, claims, strict=True):
+                held = None if want is None else claim_for_job(self.results, want, job.id)
+                if held is None:
+                    if want is not None:
+                        mine.append(want.key)
+                    store.append(envelope)
+                    handles.append(JobHandle(self, job.id))
+                    continue
+                assert want is not None
+                held_id, held_fingerprint = held
+                if held_fingerprint != want.fingerprint:
+                    raise KeyReusedError(want.key, held_id)
+                handles.append(JobHandle(self, held_id))
+            if store:
+                self.broker.enqueue(store)
+        except BaseException:
+            # Nothing of this call was stored: free the keys it claimed for a retry.
+            for key in mine:
+                with contextlib.suppress(SleipnirError):
+                    self.results.release_key(key)
+            raise
+        return handles
 
     async def enqueue_jobs_async(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
         """Async form of :meth:`enqueue_jobs`."""

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidArgumentsError",
     "JobFailedError",
     "JobNotFoundError",
+    "KeyReusedError",
     "PayloadTooLargeError",
     "ResultTimeoutError",
     "Retry",
@@ -70,6 +71,18 @@ class UnknownTaskError(SleipnirError, LookupError):
 
 class InvalidArgumentsError(SleipnirError, TypeError):
     """The arguments of a call do not fit the task's signature."""
+
+
+class KeyReusedError(SleipnirError, ValueError):
+    """An idempotency key was sent again with a different call while its claim lives."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"key {key!r} already names job {job_id} for a different call;"
+            " use a new key for a new call"
+        )
+        self.key = key
+        self.job_id = job_id
 
 
 class JobNotFoundError(SleipnirError, LookupError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import time
@@ -11,6 +12,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from .errors import InvalidArgumentsError, JobFailedError, ResultTimeoutError
 from .job import Job, decode_value, new_job_id
+from .keys import (
+    DEFAULT_KEY_WINDOW,
+    UNIQUE_HEADER,
+    KeyClaim,
+    fingerprint,
+    idempotency_key,
+    unique_key,
+)
 from .results import JobState, ResultRecord
 
 if TYPE_CHECKING:
@@ -51,6 +60,9 @@ class TaskOptions:
     """Time limit of one run, seconds. Enforced for ``async def`` tasks; see the docs."""
     priority: int = 0
     """Higher runs first within a queue."""
+    unique_for: float | None = None
+    """Seconds during which a second call with the same arguments gives back the queued
+    or running job instead of a new one (until that job finished for good)."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -60,6 +72,8 @@ class TaskOptions:
         if self.timeout is not None and not 0 < self.timeout < math.inf:
             raise ValueError("timeout must be finite and > 0 seconds")
         check_priority(self.priority)
+        if self.unique_for is not None and not 0 < self.unique_for < math.inf:
+            raise ValueError("unique_for must be finite and > 0 seconds")
 
 
 class Task(Generic[P, R]):
@@ -124,15 +138,53 @@ class Task(Generic[P, R]):
             priority=self.options.priority if priority is None else check_priority(priority),
             enqueued_at=now,
             eta_at=eta_at if eta_at is not None and eta_at > now else None,
+            headers=self._unique_header(args, kwargs),
         )
+
+    def _unique_header(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, str]:
+        if self.options.unique_for is None:
+            return {}
+        return {UNIQUE_HEADER: unique_key(self.name, fingerprint(self.name, args, kwargs))}
+
+    def claims_for(
+        self, jobs: Sequence[Job], key: str | None = None, window: float | None = None
+    ) -> list[KeyClaim | None] | None:
+        """The keys to claim for ``jobs``: the idempotency ``key``, else the unique key."""
+        now = self.app.clock.time()
+        if key is not None:
+            if window is not None and not 0 < window < math.inf:
+                raise ValueError("key_window must be finite and > 0 seconds")
+            job = jobs[0]
+            return [
+                KeyClaim(
+                    idempotency_key(key),
+                    fingerprint(job.task, job.args, job.kwargs),
+                    now + (DEFAULT_KEY_WINDOW if window is None else window),
+                )
+            ]
+        if self.options.unique_for is None:
+            return None
+        return [
+            KeyClaim(
+                job.headers[UNIQUE_HEADER],
+                fingerprint(job.task, job.args, job.kwargs),
+                now + self.options.unique_for,
+            )
+            for job in jobs
+        ]
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Enqueue a call with the task's default options; return at once with its handle."""
-        return self.app.enqueue_jobs([self.build(args, kwargs)])[0]
+        jobs = [self.build(args, kwargs)]
+        return self.app.enqueue_jobs(jobs, self.claims_for(jobs))[0]
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Async form of :meth:`delay`, for producers running on an event loop."""
-        return (await self.app.enqueue_jobs_async([self.build(args, kwargs)]))[0]
+        jobs = [self.build(args, kwargs)]
+        claims = self.claims_for(jobs)
+        if claims is not None:  # claiming is a few sync store calls: off the event loop
+            return (await asyncio.to_thread(self.app.enqueue_jobs, jobs, claims))[0]
+        return (await self.app.enqueue_jobs_async(jobs))[0]
 
     def enqueue(
         self,
@@ -143,18 +195,24 @@ class Task(Generic[P, R]):
         at: float | None = None,
         priority: int | None = None,
         queue: str | None = None,
+        key: str | None = None,
+        key_window: float | None = None,
     ) -> JobHandle[R]:
         """Enqueue a call with explicit options.
 
         ``delay`` is seconds from now and ``at`` an epoch time (give one of them);
         ``priority`` (higher first) and ``queue`` override the task's defaults.
+        ``key`` is an idempotency key: while its claim lives (``key_window`` seconds,
+        24 h by default) the same key with the same call gives back the same job, and
+        with a different call raises :class:`~sleipnir.KeyReusedError`.
         """
-        job = self.build(args, kwargs, delay=delay, at=at, priority=priority, queue=queue)
-        return self.app.enqueue_jobs([job])[0]
+        jobs = [self.build(args, kwargs, delay=delay, at=at, priority=priority, queue=queue)]
+        return self.app.enqueue_jobs(jobs, self.claims_for(jobs, key, key_window))[0]
 
     def map(self, calls: Iterable[Sequence[Any]]) -> list[JobHandle[R]]:
         """Enqueue one job per tuple of positional arguments, all in one broker call."""
-        return self.app.enqueue_jobs([self.build(tuple(call)) for call in calls])
+        jobs = [self.build(tuple(call)) for call in calls]
+        return self.app.enqueue_jobs(jobs, self.claims_for(jobs))
 
 
 class JobHandle(Generic[R]):

@@ -40,7 +40,10 @@ from .app import App
 from .brokers.base import Nack, Reservation, redact_url
 from .errors import DecodeError, EncodeError, Fail, Retry, SleipnirError
 from .job import Job, decode_job, encode_value
+from .keys import UNIQUE_HEADER
+from .monitor import Heartbeat, HeartbeatSender, TaskMetrics, new_worker_id
 from .results import JobState, ResultRecord
+from .schedule import Scheduler
 from .task import Task
 
 __all__ = ["Worker", "backoff_delay"]
@@ -117,9 +120,17 @@ class Worker:
         stop_timeout: float = 30.0,
         settle_interval: float = 0.01,
         rng: random.Random | None = None,
+        heartbeat: float | None = 5.0,
+        max_jobs: int | None = None,
+        scheduler: bool | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if max_jobs is not None and max_jobs < 1:
+            raise ValueError("max_jobs must be >= 1")
+        self.max_jobs = max_jobs
+        """Recycle: reserve no more than this many jobs, settle them, then return."""
+        self._taken = 0
         self.app = app
         self.queues = (
             list(queues)
@@ -136,10 +147,23 @@ class Worker:
         self.settle_interval = settle_interval
         self.rng = rng or random.Random()
         self.stats = WorkerStats()
+        self.id = new_worker_id()
+        self.metrics = TaskMetrics()
+        """Queue wait, run time and outcomes per task and queue, shipped in each heartbeat."""
+        run_scheduler = (not burst) if scheduler is None else scheduler
+        self._scheduler = Scheduler(app) if run_scheduler and app.schedules else None
+        """Fires the app's periodic jobs (every worker runs one; each tick fires once)."""
+        self._heartbeat = (
+            HeartbeatSender(app.results, app.clock, self.describe, interval=heartbeat)
+            if heartbeat
+            else None
+        )
         self._broker = app.broker
         self._results = app.results
         self._clock = app.clock
         self._waiting: deque[_Held] = deque()
+        self._quiet_until = 0.0
+        """No reserve before this (monotonic) while jobs run: the last one came back short."""
         self._running: dict[str, _Held] = {}
         self._done: queue_module.SimpleQueue[_Outcome] = queue_module.SimpleQueue()
         self._unsettled: list[_Outcome] = []
@@ -159,6 +183,36 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop gracefully (what the first SIGTERM does)."""
         self._stopping.set()
+
+    def describe(self) -> Heartbeat:
+        """This worker's heartbeat, without its time and host figures (the sender adds them)."""
+        return Heartbeat(
+            worker_id=self.id,
+            host=self.id.split(":", 1)[0],
+            pid=os.getpid(),
+            ppid=os.getppid(),
+            queues=list(self.queues),
+            concurrency=self.concurrency,
+            busy=len(self._running),
+            held=self.held,
+            started_at=self.stats.started_at,
+            succeeded=self.stats.succeeded,
+            failed=self.stats.failed,
+            retried=self.stats.retried,
+            lost_leases=self.stats.lost_leases,
+            broker=redact_url(self.app.broker_url),
+            tasks=self.metrics.snapshot(),
+        )
+
+    @property
+    def busy(self) -> int:
+        """Jobs running now."""
+        return len(self._running)
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for (signal, :meth:`stop`, or a recycle)."""
+        return self._stopping.is_set()
 
     @property
     def held(self) -> int:
@@ -187,10 +241,24 @@ class Worker:
             self.concurrency,
             self.lease,
         )
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+        if self._scheduler is not None:
+            threading.Thread(
+                target=self._scheduler.run, name="sleipnir-scheduler", daemon=True
+            ).start()
+            log.info(
+                "periodic: %s",
+                ", ".join(f"{e.name} ({e.schedule})" for e in self._scheduler.entries),
+            )
         try:
             self._main_loop()
             self._drain()
         finally:
+            if self._scheduler is not None:
+                self._scheduler.stop()
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._stop_loop()
             restore()
@@ -231,10 +299,24 @@ class Worker:
                 except SleipnirError as exc:
                     log.warning("could not purge expired results, will try later: %s", exc)
                 next_purge = time.monotonic() + 300.0
-            room = self.concurrency + self.prefetch - len(self._running) - len(self._waiting)
-            fetched = (
-                self._reserve(room) if room > 0 and len(self._waiting) < self.concurrency else 0
-            )
+            capacity = self.concurrency + self.prefetch
+            room = capacity - len(self._running) - len(self._waiting)
+            if self.max_jobs is not None:
+                if self._taken >= self.max_jobs and not self.held:
+                    log.info("recycling after %d jobs (max_jobs)", self._taken)
+                    return
+                room = min(room, self.max_jobs - self._taken)
+            # Reserve in batches, not one job per freed slot: when no reserved job is
+            # left waiting for a slot, or when half the capacity is free. After a
+            # reserve came back short the queues are empty for now, so while jobs run
+            # the next one waits a poll interval instead of following every job.
+            fetched = 0
+            batch = not self._waiting or room >= max(1, capacity // 2)
+            quiet = bool(self._running) and time.monotonic() < self._quiet_until
+            if room > 0 and batch and not quiet:
+                fetched = self._reserve(room)
+                if fetched < room:
+                    self._quiet_until = time.monotonic() + self._broker.poll_interval
             self._start_waiting()
             if fetched:
                 continue
@@ -309,6 +391,7 @@ class Worker:
             log.warning("reserve failed, retrying: %s", exc)
             time.sleep(0.5)
             return 0
+        self._taken += len(reservations)
         bad: list[_Outcome] = []
         for res in reservations:
             held = self._admit(res)
@@ -390,6 +473,13 @@ class Worker:
             self._settle_after = time.monotonic() + 0.5
             return
         for o in outcomes:
+            started = o.held.started_at
+            self.metrics.observe_outcome(
+                _name(o.held),
+                o.held.reservation.queue,
+                o.state.value,
+                None if started is None else o.finished_at - started,
+            )
             if o.state is JobState.SUCCEEDED:
                 self.stats.succeeded += 1
             elif o.state is JobState.RETRYING:
@@ -398,11 +488,30 @@ class Worker:
                 self.stats.failed += 1
         lost = [r.id for r, ok in zip(acks, acked, strict=True) if not ok]
         lost += [n.reservation.id for n, ok in zip(nacks, nacked, strict=True) if not ok]
+        self._release_unique_keys(outcomes, set(lost))
         if lost:
             self.stats.lost_leases += len(lost)
             log.warning(
                 "lease lost before settling, these jobs will run again: %s", ", ".join(lost)
             )
+
+    def _release_unique_keys(self, outcomes: Sequence[_Outcome], lost: set[str]) -> None:
+        """A unique task's job that finished for good frees its key for the next call."""
+        keys = [
+            o.held.job.headers[UNIQUE_HEADER]
+            for o in outcomes
+            if o.state is not JobState.RETRYING
+            and o.held.job is not None
+            and UNIQUE_HEADER in o.held.job.headers
+            and o.held.reservation.id not in lost
+            and not o.held.lost
+        ]
+        for key in keys:
+            try:
+                self._results.release_key(key)
+            except (SleipnirError, NotImplementedError) as exc:
+                # The claim then ends with its unique_for window.
+                log.warning("could not free unique key %s: %s", key, exc)
 
     def _renew(self) -> None:
         held = [*self._running.values(), *self._waiting]
@@ -425,6 +534,11 @@ class Worker:
         while self._waiting and len(self._running) < self.concurrency:
             held = self._waiting.popleft()
             held.started_at = self._clock.time()
+            if held.reservation.attempt == 1 and held.job is not None:
+                ready_at = held.job.eta_at or held.job.enqueued_at
+                self.metrics.observe_wait(
+                    held.job.task, held.reservation.queue, held.started_at - ready_at
+                )
             self._running[held.reservation.id] = held
             task, job = held.task, held.job
             assert task is not None and job is not None  # refused jobs never wait

@@ -40,6 +40,7 @@ from ..conftest import require_server
 CAPABILITIES = {
     "fake_clock": "honours the injected clock for leases, etas, retries and expiry",
     "shared_between_instances": "two broker objects on one location share their jobs",
+    "job_lookup": "job_info finds a job wherever it waits: ready, scheduled or reserved",
 }
 """Capability name -> what a backend that has it does. The one place for this mapping."""
 
@@ -50,7 +51,8 @@ class Backend:
 
     name: str
     make_broker: Callable[[FakeClock, Path], Broker]
-    make_results: Callable[[FakeClock, Path], ResultStore]
+    make_results: Callable[[FakeClock, Path], ResultStore] | None
+    """``None`` for a broker that keeps no results (its deployments pair it with another store)."""
     capabilities: frozenset[str] = frozenset()
     cleanup: Callable[[Path], None] | None = None
     """Removes what the test created on a shared server (its namespace only)."""
@@ -150,32 +152,83 @@ def _pg_cleanup(tmp_path: Path) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {_pg_schema(tmp_path)} CASCADE")
 
 
+AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
+
+
+def _amqp_url(tmp_path: Path, queue_type: str = "classic") -> str:
+    require_server("RabbitMQ", AMQP_HOST, AMQP_PORT)
+    # One queue prefix per test, shared by every broker the test opens on it.
+    prefix = f"sleipnir-test-{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]}"
+    return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/%2F?prefix={prefix}&queue_type={queue_type}"
+
+
+def _amqp_broker(clock: FakeClock, tmp_path: Path) -> Broker:
+    amqp = _import_backend("sleipnir.brokers.amqp")
+    broker: Broker = amqp.AMQPBroker(_amqp_url(tmp_path), clock=clock)
+    return broker
+
+
+def _amqp_quorum_broker(clock: FakeClock, tmp_path: Path) -> Broker:
+    amqp = _import_backend("sleipnir.brokers.amqp")
+    broker: Broker = amqp.AMQPBroker(_amqp_url(tmp_path, "quorum"), clock=clock)
+    return broker
+
+
+def _amqp_cleanup(tmp_path: Path) -> None:
+    """Delete the queues this test declared (those in its prefix's registry), no others."""
+    from sleipnir.brokers.amqp import AMQPBroker
+
+    broker = AMQPBroker(_amqp_url(tmp_path))
+    try:
+        broker.delete_queues()
+    finally:
+        broker.close()
+
+
 BACKENDS = [
     Backend(
         name="memory",
         make_broker=lambda clock, tmp_path: MemoryBroker(clock=clock),
         make_results=lambda clock, tmp_path: MemoryResultStore(clock=clock),
-        capabilities=frozenset({"fake_clock"}),
+        capabilities=frozenset({"fake_clock", "job_lookup"}),
     ),
     Backend(
         name="sqlite",
         make_broker=_sqlite_broker,
         make_results=_sqlite_results,
-        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+        capabilities=frozenset({"fake_clock", "shared_between_instances", "job_lookup"}),
     ),
     Backend(
         name="redis",
         make_broker=_redis_broker,
         make_results=_redis_results,
-        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+        capabilities=frozenset({"fake_clock", "shared_between_instances", "job_lookup"}),
         cleanup=_redis_cleanup,
     ),
     Backend(
         name="postgres",
         make_broker=_pg_broker,
         make_results=_pg_results,
-        capabilities=frozenset({"fake_clock", "shared_between_instances"}),
+        capabilities=frozenset({"fake_clock", "shared_between_instances", "job_lookup"}),
         cleanup=_pg_cleanup,
+    ),
+    # RabbitMQ tracks deliveries itself (a lease lasts as long as the worker's channel,
+    # whatever the clock says) and waits out delays in real time in TTL queues, so it
+    # lacks "fake_clock"; AMQP cannot look a message up by id, so it lacks "job_lookup".
+    # It keeps no results: an App on RabbitMQ stores them in SQLite or Redis.
+    Backend(
+        name="amqp",
+        make_broker=_amqp_broker,
+        make_results=None,
+        capabilities=frozenset({"shared_between_instances"}),
+        cleanup=_amqp_cleanup,
+    ),
+    Backend(
+        name="amqp-quorum",
+        make_broker=_amqp_quorum_broker,
+        make_results=None,
+        capabilities=frozenset({"shared_between_instances"}),
+        cleanup=_amqp_cleanup,
     ),
 ]
 
@@ -236,6 +289,8 @@ def broker(open_broker: Callable[[], Broker]) -> Broker:
 
 @pytest.fixture
 def results(backend: Backend, clock: FakeClock, tmp_path: Path) -> Iterator[ResultStore]:
+    if backend.make_results is None:
+        pytest.skip(f"backend {backend.name!r} keeps no results")
     store = backend.make_results(clock, tmp_path)
     yield store
     store.close()

@@ -453,6 +453,7 @@ def test_job_with_eta_in_the_past_is_ready_at_once(
     assert reserve_one(broker, queue).id == env.id
 
 
+@pytest.mark.requires("job_lookup")
 def test_job_with_eta_in_the_future_is_scheduled(
     broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
 ) -> None:
@@ -468,6 +469,7 @@ def test_job_info_of_an_unknown_job_is_none(broker: Broker) -> None:
     assert broker.job_info(new_job_id()) is None
 
 
+@pytest.mark.requires("job_lookup")
 def test_job_info_of_a_ready_then_reserved_job(
     broker: Broker, enqueue: Enqueue, queue: str
 ) -> None:

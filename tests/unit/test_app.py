@@ -13,9 +13,9 @@ from sleipnir.testing import FakeClock
 PUBLIC_NAMES = {
     "App", "Broker", "BrokerConnectionError", "BrokerError", "Clock", "ConfigurationError",
     "DecodeError", "EncodeError", "Fail", "InvalidArgumentsError", "Job", "JobFailedError",
-    "JobHandle", "JobNotFoundError", "JobState", "PayloadTooLargeError", "ResultStore",
-    "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task", "TaskControl",
-    "UnknownTaskError", "Worker", "__version__",
+    "JobHandle", "JobNotFoundError", "JobState", "KeyReusedError", "PayloadTooLargeError",
+    "ResultStore", "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task",
+    "TaskControl", "UnknownTaskError", "Worker", "__version__",
 }  # fmt: skip
 
 

@@ -101,3 +101,26 @@ def test_new_job_ids_are_unique_across_threads() -> None:
     assert len(set(every)) == len(every) == 8000
     for out in found:
         assert out == sorted(out)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_random_bits() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send 50 ids, leave at once
+        os.close(read)
+        os.write(write, " ".join(new_job_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = [new_job_id() for _ in range(50)]
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = b"".join(chunks).decode().split()
+    assert len(child) == 50
+    # The last 16 characters are random bits only: a generator the child inherited
+    # unchanged would write the very same ones.
+    assert not {i[-16:] for i in mine} & {i[-16:] for i in child}

@@ -16,7 +16,10 @@ from .base import Broker, redact_url
 __all__ = ["broker_from_url", "results_from_url"]
 
 
-_KNOWN = "memory://, sqlite:///path, redis://host:port/db, postgresql://host/db"
+_KNOWN = (
+    "memory://, sqlite:///path, redis://host:port/db, postgresql://host/db, "
+    "amqp://user:password@host:port/vhost (broker only)"
+)
 
 
 def _need(module: str, extra: str) -> None:
@@ -30,7 +33,7 @@ def _need(module: str, extra: str) -> None:
 
 
 def broker_from_url(url: str, clock: Clock) -> Broker:
-    """Build the broker a URL names (``memory://``, ``sqlite:///path``)."""
+    """Build the broker a URL names (``memory://``, ``sqlite:///path``, ``redis://``, ``amqp://``)."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryBroker
@@ -50,6 +53,11 @@ def broker_from_url(url: str, clock: Clock) -> Broker:
         from .postgres import PostgresBroker
 
         return PostgresBroker(url, clock=clock)
+    if scheme in ("amqp", "amqps"):
+        _need("pika", "amqp")
+        from .amqp import AMQPBroker
+
+        return AMQPBroker(url, clock=clock)
     raise ConfigurationError(
         f"no broker for URL scheme {scheme!r} in {redact_url(url)!r}; known: {_KNOWN}"
     )
