@@ -1,4 +1,4 @@
-"""`make demo`: the worker pattern on the embedded broker, end to end.
+"""`make demo-basic`: delay() timings, retries and a dead letter on the embedded broker.
 
 1. writes a small tasks module (``demo_tasks.py``) into a fresh temporary directory;
 2. enqueues a few hundred jobs with ``delay()``, timing each call: image-resize
