@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -73,6 +74,37 @@ def test_many_brokers_opening_a_fresh_schema_at_once_all_work(url: str) -> None:
         assert sorted(r.id for r in broker.reserve(["default"], 100, 30.0)) == sorted(ids)
     finally:
         broker.close()
+
+
+def test_threads_of_one_broker_wait_for_the_schema_its_first_thread_creates(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sleipnir.brokers import postgres
+
+    inside, release = threading.Event(), threading.Event()
+    prepare = postgres._Database._prepare
+
+    def slow_prepare(self: postgres._Database, pool: object) -> None:
+        inside.set()
+        assert release.wait(30.0)
+        prepare(self, pool)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(postgres._Database, "_prepare", slow_prepare)
+    store = postgres.PostgresResultStore(url, clock=SystemClock())
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(store.claim_key, "k", b"first", time.time() + 60)
+            assert inside.wait(30.0)
+            second = pool.submit(store.claim_key, "k", b"second", time.time() + 60)
+            # The second thread must queue behind the schema, not query a missing table.
+            done, _ = concurrent.futures.wait([second], timeout=0.2)
+            assert not done, f"ran before the schema existed: {second.result()!r}"
+            release.set()
+            assert first.result(timeout=30.0) is None
+            assert second.result(timeout=30.0) == b"first"
+    finally:
+        release.set()
+        store.close()
 
 
 def test_an_idle_waiter_is_woken_by_an_enqueue_from_another_connection(url: str) -> None:

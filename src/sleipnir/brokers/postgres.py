@@ -206,7 +206,7 @@ class _Database:
             return self._pool
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
-                self._pool = ConnectionPool(
+                pool: ConnectionPool[Any] = ConnectionPool(
                     self.conninfo,
                     min_size=1,
                     max_size=self.pool_size,
@@ -216,17 +216,22 @@ class _Database:
                     name=f"sleipnir-{self.schema}",
                 )
                 with _errors(self.url):
-                    self._pool.open(wait=True, timeout=self.connect_timeout + 1.0)
-                self._pid = os.getpid()
-                self._prepare()
+                    pool.open(wait=True, timeout=self.connect_timeout + 1.0)
+                try:
+                    self._prepare(pool)
+                except BaseException:
+                    pool.close()
+                    raise
+                # Published only once the schema exists: other threads take the fast
+                # path above without the lock and must never see a half-made pool.
+                self._pool, self._pid = pool, os.getpid()
         return self._pool
 
-    def _prepare(self) -> None:
+    def _prepare(self, pool: ConnectionPool[Any]) -> None:
         key = (self.conninfo, self.schema)
         if key in self._prepared:
             return
-        assert self._pool is not None
-        with _errors(self.url), self._pool.connection() as conn, conn.transaction():
+        with _errors(self.url), pool.connection() as conn, conn.transaction():
             # One creator at a time, across processes: CREATE ... IF NOT EXISTS races.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
             conn.execute(_SCHEMA.format(s=self.schema, channel=self.channel).encode())
