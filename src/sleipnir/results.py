@@ -32,13 +32,15 @@ class JobState(StrEnum):
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    """Cancelled before it finished: a queued job never runs, a running one was stopped."""
     UNKNOWN = "unknown"
     """Never enqueued here, or its record expired."""
 
     @property
     def finished(self) -> bool:
         """True for the states a job does not leave by itself."""
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,39 @@ class ResultStore(ABC):
     def release_key(self, key: str) -> bool:
         """Drop a claim (when the work it guarded was not done); ``False`` if there was none."""
         raise NotImplementedError(f"{type(self).__name__} keeps no claimed keys")
+
+    def set_key(self, key: str, value: bytes, expires_at: float) -> None:
+        """Store ``value`` under ``key`` until ``expires_at``, replacing what was there.
+
+        The same keys as :meth:`claim_key`: progress reports and cancel requests
+        (:mod:`sleipnir.context`) live beside the claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no claimed keys")
+
+    def get_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The value under each key, ``None`` where there is none or it expired; one round trip."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no claimed keys")
+
+    # -- limits ---------------------------------------------------------------------
+
+    def acquire_slot(self, name: str, holder: str, limit: int, expires_at: float) -> float | None:
+        """Take one of the ``limit`` slots of ``name`` for ``holder`` until ``expires_at``.
+
+        Atomic across processes and hosts. A slot past its ``expires_at`` is free.
+        When ``holder`` already holds a slot of ``name``, its end moves to
+        ``expires_at`` (a renewal) and the call succeeds whatever the count.
+
+        Returns ``None`` when ``holder`` holds a slot now; otherwise the earliest
+        ``expires_at`` among the current holders, when a slot frees at the latest.
+        Concurrency limits hold a slot while a job runs (released when it ends,
+        renewed with its lease); rate limits take a slot per run that lasts the
+        rate's period and is never released, which makes a sliding-window log.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no limits")
+
+    def release_slot(self, name: str, holder: str) -> bool:
+        """Give back ``holder``'s slot of ``name``; ``False`` if it held none."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no limits")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -198,6 +198,7 @@ OPERATIONS: dict[str, Callable[[Broker, Reservation, float], list[bool]]] = {
     "nack-retry": lambda broker, res, now: broker.nack([Nack(res, now + 60, "late")]),
     "nack-dead": lambda broker, res, now: broker.nack([Nack(res, None, "late")]),
     "release": lambda broker, res, now: broker.release([res]),
+    "release-later": lambda broker, res, now: broker.release([res], now + 60),
 }
 each_operation = pytest.mark.parametrize("operation", list(OPERATIONS))
 
@@ -428,6 +429,61 @@ def test_release_makes_the_job_ready_at_once_without_counting_the_attempt(
     assert broker.release([reserve_one(broker, queue)]) == [True]
     again = reserve_one(broker, queue)
     assert (again.id, again.attempt) == (env.id, 1)
+
+
+@requires_fake_clock
+def test_release_with_ready_at_delivers_the_job_from_ready_at_without_counting_the_attempt(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    [env] = enqueue()
+    assert broker.release([reserve_one(broker, queue)], clock.time() + 60) == [True]
+    clock.advance(59)  # past the lease, before ready_at
+    assert reserve_all(broker, queue) == []
+    clock.advance(2)
+    again = reserve_one(broker, queue)
+    assert (again.id, again.body, again.attempt) == (env.id, env.body, 1)
+
+
+def test_release_with_ready_at_to_come_keeps_the_job_scheduled(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    enqueue()
+    assert broker.release([reserve_one(broker, queue)], clock.time() + 3600) == [True]
+    assert reserve_all(broker, queue) == []
+    assert counts(stats_of(broker, queue)) == (0, 1, 0, 0)
+
+
+def test_release_with_ready_at_in_the_past_makes_the_job_ready_at_once(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    [env] = enqueue()
+    assert broker.release([reserve_one(broker, queue)], clock.time() - 60) == [True]
+    again = reserve_one(broker, queue)
+    assert (again.id, again.attempt) == (env.id, 1)
+
+
+@requires_fake_clock
+@pytest.mark.requires("job_lookup")
+def test_job_info_of_a_job_released_until_later_is_scheduled_then_ready_without_an_error(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    [env] = enqueue()
+    broker.release([reserve_one(broker, queue)], clock.time() + 60)
+    assert broker.job_info(env.id) == JobInfo(env.id, queue, BrokerJobState.SCHEDULED, 0)
+    clock.advance(61)
+    assert broker.job_info(env.id) == JobInfo(env.id, queue, BrokerJobState.READY, 0)
+
+
+@requires_fake_clock
+@pytest.mark.requires("job_lookup")
+def test_release_with_ready_at_keeps_the_reason_of_an_earlier_retry(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    [env] = enqueue()
+    broker.nack([Nack(reserve_one(broker, queue), clock.time(), "flaky")])
+    clock.advance(1)
+    broker.release([reserve_one(broker, queue)], clock.time() + 60)
+    assert broker.job_info(env.id) == JobInfo(env.id, queue, BrokerJobState.SCHEDULED, 1, "flaky")
 
 
 # -- eta ---------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
+import threading
+import time
 from dataclasses import astuple, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +15,8 @@ import pytest
 from sleipnir.job import new_job_id
 from sleipnir.results import JobState, ResultRecord, ResultStore, WorkerBeat
 from sleipnir.testing import FakeClock
+
+from .conftest import Backend
 
 TTL = 3600.0
 
@@ -191,3 +197,176 @@ def test_one_claim_wins_among_concurrent_claimers(results: ResultStore, clock: F
     winners = [i for i, a in enumerate(answers) if a is None]
     assert len(winners) == 1
     assert set(answers) == {None, b"job-%d" % winners[0]}
+
+
+# -- stored keys ----------------------------------------------------------------------
+
+
+def test_set_key_stores_a_value_and_replaces_it(results: ResultStore, clock: FakeClock) -> None:
+    key = f"progress:{new_job_id()}"
+    expires_at = clock.time() + 60
+    results.set_key(key, b"\x00first\xff", expires_at)
+    assert results.get_keys([key]) == [b"\x00first\xff"]
+    results.set_key(key, b"second", expires_at)
+    assert results.get_keys([key]) == [b"second"]
+
+
+def test_set_key_replaces_a_claim_and_claims_see_it(results: ResultStore, clock: FakeClock) -> None:
+    key = f"cancel:{new_job_id()}"
+    expires_at = clock.time() + 60
+    assert results.claim_key(key, b"job-1", expires_at) is None
+    results.set_key(key, b"set", expires_at)
+    assert results.get_keys([key]) == [b"set"]
+    assert results.claim_key(key, b"job-2", expires_at) == b"set"
+    assert results.release_key(key) is True
+    assert results.get_keys([key]) == [None]
+
+
+def test_get_keys_keeps_the_order_and_gives_none_for_missing_keys(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    first, second, never = (f"progress:{new_job_id()}" for _ in range(3))
+    results.set_key(first, b"1", clock.time() + 60)
+    results.set_key(second, b"2", clock.time() + 60)
+    assert results.get_keys([second, never, first, second]) == [b"2", None, b"1", b"2"]
+    assert results.get_keys([never]) == [None]
+    assert results.get_keys([]) == []
+
+
+@pytest.mark.requires("fake_clock")
+def test_a_set_key_past_its_expiry_reads_as_none_until_set_again(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    short, long = f"progress:{new_job_id()}", f"progress:{new_job_id()}"
+    results.set_key(short, b"short", clock.time() + 10)
+    results.set_key(long, b"long", clock.time() + 100)
+    clock.advance(9)
+    assert results.get_keys([short, long]) == [b"short", b"long"]
+    clock.advance(1)  # expires_at itself is past
+    assert results.get_keys([short, long]) == [None, b"long"]
+    results.set_key(short, b"again", clock.time() + 10)
+    assert results.get_keys([short, long]) == [b"again", b"long"]
+
+
+class RewindableClock(FakeClock):
+    """A fake clock that can also be set back, to see what a purge left behind."""
+
+    def __init__(self, start_at: float) -> None:
+        super().__init__(start_at)
+        self._back = 0.0
+
+    def rewind(self, seconds: float) -> None:
+        self._back += seconds
+
+    def time(self) -> float:
+        return super().time() - self._back
+
+
+@pytest.mark.requires("fake_clock")
+def test_purge_expired_deletes_expired_keys(backend: Backend, tmp_path: Path) -> None:
+    if backend.make_results is None:
+        pytest.skip(f"backend {backend.name!r} keeps no results")
+    # Far enough behind the real time that a backend which also expires keys by its own
+    # clock (Redis) has expired the short ones too, and not the long one.
+    clock = RewindableClock(start_at=math.floor(time.time()) - 1000.5)
+    results = backend.make_results(clock, tmp_path)
+    try:
+        short = [f"progress:{new_job_id()}" for _ in range(2)]
+        long = f"progress:{new_job_id()}"
+        results.set_key(short[0], b"set", clock.time() + 10)
+        assert results.claim_key(short[1], b"claimed", clock.time() + 10) is None
+        results.set_key(long, b"long", clock.time() + 5000)
+        clock.advance(11)
+        results.purge_expired()
+        assert results.get_keys([*short, long]) == [None, None, b"long"]
+        clock.rewind(11)  # what is still stored would read as live again
+        assert results.get_keys([*short, long]) == [None, None, b"long"]
+    finally:
+        results.close()
+
+
+# -- slots ----------------------------------------------------------------------------
+
+
+def test_acquire_slot_up_to_the_limit_then_the_earliest_expiry(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    name, now = f"limit:{new_job_id()}", clock.time()
+    assert results.acquire_slot(name, "job-a", 2, now + 30) is None
+    assert results.acquire_slot(name, "job-b", 2, now + 20) is None
+    assert results.acquire_slot(name, "job-c", 2, now + 40) == now + 20
+    assert results.acquire_slot(name, "job-d", 2, now + 40) == now + 20
+    assert results.acquire_slot(name, "job-c", 3, now + 40) is None  # a higher limit
+
+
+def test_the_holder_of_a_slot_renews_it_even_when_all_are_taken(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    name, now = f"limit:{new_job_id()}", clock.time()
+    assert results.acquire_slot(name, "job-a", 2, now + 10) is None
+    assert results.acquire_slot(name, "job-b", 2, now + 20) is None
+    assert results.acquire_slot(name, "job-c", 2, now + 60) == now + 10
+    assert results.acquire_slot(name, "job-a", 2, now + 30) is None
+    assert results.acquire_slot(name, "job-c", 2, now + 60) == now + 20  # a's end moved
+    assert results.acquire_slot(name, "job-b", 1, now + 25) is None  # over a lower limit too
+    assert results.acquire_slot(name, "job-c", 2, now + 60) == now + 25
+
+
+@pytest.mark.requires("fake_clock")
+def test_a_slot_past_its_expiry_is_free(results: ResultStore, clock: FakeClock) -> None:
+    name, start = f"limit:{new_job_id()}", clock.time()
+    assert results.acquire_slot(name, "job-a", 1, start + 10) is None
+    clock.advance(9)
+    assert results.acquire_slot(name, "job-b", 1, clock.time() + 10) == start + 10
+    clock.advance(1)  # expires_at itself is past
+    assert results.acquire_slot(name, "job-b", 1, clock.time() + 10) is None
+    assert results.acquire_slot(name, "job-a", 1, clock.time() + 10) == start + 20
+    assert results.release_slot(name, "job-a") is False
+
+
+def test_release_slot_frees_it_and_is_false_when_none_is_held(
+    results: ResultStore, clock: FakeClock
+) -> None:
+    name, expires_at = f"limit:{new_job_id()}", clock.time() + 60
+    assert results.acquire_slot(name, "job-a", 1, expires_at) is None
+    assert results.acquire_slot(name, "job-b", 1, expires_at) == expires_at
+    assert results.release_slot(name, "job-b") is False
+    assert results.release_slot(name, "job-a") is True
+    assert results.release_slot(name, "job-a") is False
+    assert results.acquire_slot(name, "job-b", 1, expires_at) is None
+    assert results.release_slot(f"limit:{new_job_id()}", "job-b") is False
+
+
+def test_slots_of_different_names_are_independent(results: ResultStore, clock: FakeClock) -> None:
+    first, second = f"limit:{new_job_id()}", f"limit:{new_job_id()}"
+    now = clock.time()
+    assert results.acquire_slot(first, "job-a", 1, now + 10) is None
+    assert results.acquire_slot(second, "job-b", 1, now + 20) is None
+    assert results.acquire_slot(second, "job-a", 1, now + 10) == now + 20
+    assert results.release_slot(second, "job-a") is False
+    assert results.acquire_slot(first, "job-b", 1, now + 20) == now + 10
+    assert results.release_slot(first, "job-a") is True
+    assert results.acquire_slot(second, "job-c", 1, now + 20) == now + 20
+
+
+def test_acquire_slot_needs_a_limit_of_at_least_one(results: ResultStore, clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        results.acquire_slot(f"limit:{new_job_id()}", "job-a", 0, clock.time() + 60)
+
+
+def test_the_limit_holds_among_concurrent_acquirers(results: ResultStore, clock: FakeClock) -> None:
+    name, expires_at = f"limit:{new_job_id()}", clock.time() + 60
+    start = threading.Barrier(16)
+
+    def acquire(i: int) -> float | None:
+        start.wait(timeout=30)
+        return results.acquire_slot(name, f"job-{i}", 3, expires_at)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(acquire, range(16)))
+    winners = [i for i, a in enumerate(answers) if a is None]
+    assert len(winners) == 3
+    assert [a for a in answers if a is not None] == [expires_at] * 13
+    assert results.acquire_slot(name, "job-16", 3, expires_at) == expires_at
+    assert results.release_slot(name, f"job-{winners[0]}") is True
+    assert results.acquire_slot(name, "job-16", 3, expires_at) is None

@@ -28,7 +28,8 @@ Headers of every message (``message_id`` is the job id, ``delivery_mode`` 2)::
 
     x-sleipnir-attempt    deliveries before this copy (0 when enqueued)
     x-sleipnir-priority   the job's priority (AMQP priority = clamp(priority + 4, 0, 9))
-    x-sleipnir-eta        when the job is due (epoch seconds), on delayed jobs and retries
+    x-sleipnir-eta        when the job is due (epoch seconds), on delayed jobs, retries
+                          and delayed releases
     x-sleipnir-error      the reason of the last nack
     x-sleipnir-failed-at  on dead letters: when the job was sent there
     x-sleipnir-parked     on a parked copy
@@ -612,10 +613,17 @@ class AMQPBroker(Broker):
 
         return self._settle([n.reservation for n in nacks], "nacking", act)
 
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
+        now = self.clock.time()
+        eta = ready_at if ready_at is not None and ready_at > now else None
+
         def act(d: _Delivery, i: int) -> None:
+            # The new copy's header counts the deliveries before this one: this one is not
+            # counted. A later ``ready_at`` sends it through the delay queues, like a retry.
             before = reservations[i].attempt - 1
-            self._republish(d, attempt=max(0, before), to=self.names.work(d.queue), parked=False)
+            self._republish(d, attempt=max(0, before), eta_at=eta, parked=False)
             self._done(d)
 
         return self._settle(reservations, "releasing", act)

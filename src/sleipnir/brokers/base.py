@@ -17,8 +17,8 @@ checks them):
   stale from then on: ``renew``, ``ack``, ``nack`` and ``release`` with it
   return ``False`` and change nothing, even after the job was handed to
   another worker.
-* ``release`` gives back a job that never started: it is ready at once and
-  its attempt is not counted.
+* ``release`` gives back a job that never started: it is ready at once (or at
+  the ``ready_at`` given) and its attempt is not counted.
 * ``nack`` with ``retry_at`` schedules the job again; with ``retry_at=None``
   it moves the job to the dead letters with the reason.
 """
@@ -177,8 +177,14 @@ class Broker(ABC):
         """Schedule a retry or dead-letter each job; ``False`` where the lease was lost."""
 
     @abstractmethod
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
-        """Give back jobs that never started: ready now, attempt not counted."""
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
+        """Give back jobs that never started, attempt not counted.
+
+        Ready at once, or at ``ready_at`` (epoch seconds; scheduled until then) for a
+        job that must wait its turn, e.g. under a rate or concurrency limit.
+        """
 
     @abstractmethod
     def job_info(self, job_id: str) -> JobInfo | None:

@@ -160,7 +160,9 @@ class MemoryBroker(Broker):
             self._changed.notify_all()
         return out
 
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
         now = self.clock.time()
         out = []
         with self._lock:
@@ -168,7 +170,7 @@ class MemoryBroker(Broker):
                 entry = self._owned(res, now)
                 if entry is not None:
                     entry.reserved = False
-                    entry.visible_at = now
+                    entry.visible_at = now if ready_at is None else max(now, ready_at)
                     entry.attempt -= 1
                 out.append(entry is not None)
             self._changed.notify_all()
@@ -276,6 +278,7 @@ class MemoryResultStore(ResultStore):
         self._beats: dict[str, WorkerBeat] = {}
         self._history: list[BeatSample] = []
         self._claims: dict[str, tuple[bytes, float]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         with self._lock:
@@ -301,6 +304,10 @@ class MemoryResultStore(ResultStore):
             doomed = [k for k, r in self._records.items() if r.expires_at <= now]
             for key in doomed:
                 del self._records[key]
+            for key in [k for k, (_, e) in self._claims.items() if e <= now]:
+                del self._claims[key]
+            for name in list(self._slots):
+                self._free_slots(name, now)
         return len(doomed)
 
     def beat(self, beat: WorkerBeat, keep: float) -> None:
@@ -332,3 +339,43 @@ class MemoryResultStore(ResultStore):
     def release_key(self, key: str) -> bool:
         with self._lock:
             return self._claims.pop(key, None) is not None
+
+    def set_key(self, key: str, value: bytes, expires_at: float) -> None:
+        with self._lock:
+            self._claims[key] = (value, expires_at)
+
+    def get_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = self.clock.time()
+        with self._lock:
+            held = [self._claims.get(key) for key in keys]
+        return [h[0] if h is not None and h[1] > now else None for h in held]
+
+    def _free_slots(self, name: str, now: float) -> dict[str, float]:
+        """Drop the expired slots of ``name`` (under the lock); the live ones remain."""
+        slots = self._slots.get(name, {})
+        for holder in [h for h, e in slots.items() if e <= now]:
+            del slots[holder]
+        if not slots:
+            self._slots.pop(name, None)
+        return slots
+
+    def acquire_slot(self, name: str, holder: str, limit: int, expires_at: float) -> float | None:
+        if limit < 1:
+            raise ValueError(f"a limit needs at least one slot, not {limit}")
+        now = self.clock.time()
+        with self._lock:
+            slots = self._free_slots(name, now)
+            if holder not in slots and len(slots) >= limit:
+                return min(slots.values())
+            self._slots.setdefault(name, slots)[holder] = expires_at
+            return None
+
+    def release_slot(self, name: str, holder: str) -> bool:
+        now = self.clock.time()
+        with self._lock:
+            slots = self._free_slots(name, now)
+            if slots.pop(holder, None) is None:
+                return False
+            if not slots:
+                del self._slots[name]
+            return True

@@ -34,7 +34,9 @@ Tables (in the schema)::
                 finished_at, expires_at, value BYTEA, error TEXT
     beats       worker_id TEXT PRIMARY KEY, at, expires_at, body, sample
     beat_history  seq BIGSERIAL, worker_id, at, sample
-    claims      key TEXT PRIMARY KEY, value BYTEA, expires_at
+    claims      key TEXT PRIMARY KEY, value BYTEA, expires_at  -- claimed and set keys
+    slots       name TEXT, holder TEXT, expires_at; primary key (name, holder)
+                -- the taken slots of concurrency and rate limits
 
 As on SQLite, a job is reservable when ``visible_at <= now``: ready jobs,
 delayed jobs that came due and leases that ran out alike, so any worker's
@@ -143,6 +145,12 @@ CREATE TABLE IF NOT EXISTS {s}.claims (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.slots (
+    name TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (name, holder)
 );
 """
 
@@ -253,6 +261,12 @@ class _Database:
 
 def _lock_id(schema: str) -> int:
     return int.from_bytes(hashlib.sha1(b"sleipnir:" + schema.encode()).digest()[:8], "big") >> 1
+
+
+def _slot_lock_id(schema: str, name: str) -> int:
+    """The advisory lock that serializes the slots of one limit name."""
+    digest = hashlib.sha1(b"sleipnir-slots:" + schema.encode() + b":" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def _token() -> int:
@@ -389,12 +403,15 @@ class PostgresBroker(Broker):
                 out.append(cur.rowcount == 1)
         return out
 
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
         now = self.clock.time()
+        at = now if ready_at is None else max(now, ready_at)
         return self._each(
             f"UPDATE {self._s}.jobs SET token = 0, visible_at = %s, attempt = attempt - 1"
             f" WHERE {self._OWNED}",
-            [(now, *r.token, now) for r in reservations],
+            [(at, *r.token, now) for r in reservations],
         )
 
     def job_info(self, job_id: str) -> JobInfo | None:
@@ -639,6 +656,7 @@ class PostgresResultStore(ResultStore):
                 f"DELETE FROM {self._s}.results WHERE expires_at <= %s", (now,)
             ).rowcount
             conn.execute(f"DELETE FROM {self._s}.claims WHERE expires_at <= %s", (now,))
+            conn.execute(f"DELETE FROM {self._s}.slots WHERE expires_at <= %s", (now,))
             conn.execute(f"DELETE FROM {self._s}.beats WHERE expires_at <= %s", (now,))
         return n
 
@@ -697,6 +715,65 @@ class PostgresResultStore(ResultStore):
     def release_key(self, key: str) -> bool:
         with self._db.tx() as conn:
             return conn.execute(f"DELETE FROM {self._s}.claims WHERE key = %s", (key,)).rowcount > 0
+
+    def set_key(self, key: str, value: bytes, expires_at: float) -> None:
+        with self._db.tx() as conn:
+            conn.execute(
+                f"INSERT INTO {self._s}.claims (key, value, expires_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET"
+                " value = excluded.value, expires_at = excluded.expires_at",
+                (key, value, expires_at),
+            )
+
+    def get_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT key, value FROM {self._s}.claims WHERE key = ANY(%s) AND expires_at > %s",
+                (list(keys), self.clock.time()),
+            ).fetchall()
+        found = {k: bytes(v) for k, v in rows}
+        return [found.get(key) for key in keys]
+
+    def acquire_slot(self, name: str, holder: str, limit: int, expires_at: float) -> float | None:
+        if limit < 1:
+            raise ValueError(f"a limit needs at least one slot, not {limit}")
+        with self._db.tx() as conn:
+            # The slots of one name are counted by one transaction at a time, across
+            # hosts; each statement after the lock sees what the previous holder committed.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_slot_lock_id(self._s, name),))
+            conn.execute(
+                f"DELETE FROM {self._s}.slots WHERE name = %s AND expires_at <= %s",
+                (name, self.clock.time()),
+            )
+            renewed = conn.execute(
+                f"UPDATE {self._s}.slots SET expires_at = %s WHERE name = %s AND holder = %s",
+                (expires_at, name, holder),
+            ).rowcount
+            if renewed:
+                return None
+            taken, first_free = conn.execute(
+                f"SELECT count(*), min(expires_at) FROM {self._s}.slots WHERE name = %s", (name,)
+            ).fetchone() or (0, 0.0)  # an aggregate always gives a row
+            if taken >= limit:
+                return float(first_free)
+            conn.execute(
+                f"INSERT INTO {self._s}.slots (name, holder, expires_at) VALUES (%s, %s, %s)",
+                (name, holder, expires_at),
+            )
+            return None
+
+    def release_slot(self, name: str, holder: str) -> bool:
+        with self._db.tx() as conn:
+            return (
+                conn.execute(
+                    f"DELETE FROM {self._s}.slots"
+                    " WHERE name = %s AND holder = %s AND expires_at > %s",
+                    (name, holder, self.clock.time()),
+                ).rowcount
+                > 0
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -23,7 +23,10 @@ Key layout (``P`` is the prefix, default ``sleipnir``)::
                              (PEXPIREAT expires)
     P:beats           ZSET   worker id -> expires_at of its latest beat
     P:beat-history    ZSET   "<worker id> <sample>" -> at (trimmed to the last ``keep`` s)
-    P:claim:<key>     HASH   value, expires: a claimed key (claim.lua; PEXPIREAT expires)
+    P:claim:<key>     HASH   value, expires: a claimed key (claim.lua) or one stored by
+                             set_key (key_set.lua); PEXPIREAT expires
+    P:slots:<name>    ZSET   holder -> expires_at: the taken slots of a limit
+                             (slot_acquire.lua; PEXPIREAT its latest expires_at)
 
 A reserve first moves due jobs from ``sched`` and expired leases from
 ``lease`` back to ``ready`` (in their original FIFO place), so expired leases
@@ -294,10 +297,13 @@ class RedisBroker(Broker):
             items += [n.reservation.id, n.reservation.token, when, n.reason]
         return self._run_settle("nack", self.clock.time(), items)
 
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
+        when = "" if ready_at is None else repr(ready_at)
         items: list[Any] = []
         for r in reservations:
-            items += [r.id, r.token, "", ""]
+            items += [r.id, r.token, when, ""]
         return self._run_settle("release", self.clock.time(), items)
 
     def job_info(self, job_id: str) -> JobInfo | None:
@@ -514,6 +520,10 @@ class RedisResultStore(ResultStore):
         self._direct = _Direct(self.client)
         self._put = _Script(self._direct, "result_put")
         self._claim = _Script(self._direct, "claim")
+        self._key_set = _Script(self._direct, "key_set")
+        self._key_get = _Script(self._direct, "key_get")
+        self._slot_acquire = _Script(self._direct, "slot_acquire")
+        self._slot_release = _Script(self._direct, "slot_release")
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         if not records:
@@ -647,6 +657,32 @@ class RedisResultStore(ResultStore):
     def release_key(self, key: str) -> bool:
         with _errors(self.url):
             return bool(self.client.delete(f"{self.prefix}:claim:{key}"))
+
+    def set_key(self, key: str, value: bytes, expires_at: float) -> None:
+        with _errors(self.url):
+            self._key_set([f"{self.prefix}:claim:{key}", value, repr(expires_at)])
+
+    def get_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with _errors(self.url):
+            held = self._key_get(
+                [repr(self.clock.time()), *(f"{self.prefix}:claim:{key}" for key in keys)]
+            )
+        return [None if h is None else bytes(h) for h in held]
+
+    def acquire_slot(self, name: str, holder: str, limit: int, expires_at: float) -> float | None:
+        if limit < 1:
+            raise ValueError(f"a limit needs at least one slot, not {limit}")
+        args = [f"{self.prefix}:slots:{name}", holder, limit, repr(expires_at)]
+        with _errors(self.url):
+            first_free = self._slot_acquire([*args, repr(self.clock.time())])
+        return None if first_free is None else float(first_free)
+
+    def release_slot(self, name: str, holder: str) -> bool:
+        args = [f"{self.prefix}:slots:{name}", holder, repr(self.clock.time())]
+        with _errors(self.url):
+            return bool(self._slot_release(args))
 
     def close(self) -> None:
         self._direct.close()

@@ -33,7 +33,9 @@ Schema (one file)::
                       started_at, finished_at, expires_at, value BLOB, error TEXT
     sleipnir_beats    worker_id TEXT PRIMARY KEY, at, expires_at, body BLOB, sample BLOB
     sleipnir_beat_history  seq INTEGER PRIMARY KEY, worker_id, at, sample BLOB; index (at)
-    sleipnir_claims   key TEXT PRIMARY KEY, value BLOB, expires_at  -- set-if-absent keys
+    sleipnir_claims   key TEXT PRIMARY KEY, value BLOB, expires_at  -- claimed and set keys
+    sleipnir_slots    name TEXT, holder TEXT, expires_at; primary key (name, holder)
+                      -- the taken slots of concurrency and rate limits
 
 A job is reservable when ``visible_at <= now``: that one test covers ready
 jobs, delayed jobs that came due and leases that ran out, so expired leases
@@ -128,6 +130,12 @@ CREATE TABLE IF NOT EXISTS sleipnir_claims (
     value BLOB NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sleipnir_slots (
+    name TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (name, holder)
+) WITHOUT ROWID;
 """
 
 _SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
@@ -385,12 +393,15 @@ class SQLiteBroker(Broker):
                 out.append(row is not None)
         return out
 
-    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+    def release(
+        self, reservations: Sequence[Reservation], ready_at: float | None = None
+    ) -> list[bool]:
         now = self.clock.time()
+        at = now if ready_at is None else max(now, ready_at)
         return self._each(
             "UPDATE sleipnir_jobs SET token = 0, visible_at = ?, attempt = attempt - 1"
             f" WHERE {self._OWNED}",
-            [(now, *r.token, now) for r in reservations],
+            [(at, *r.token, now) for r in reservations],
         )
 
     def job_info(self, job_id: str) -> JobInfo | None:
@@ -581,6 +592,7 @@ class SQLiteResultStore(ResultStore):
         now = self.clock.time()
         with self._db.write() as conn:
             conn.execute("DELETE FROM sleipnir_claims WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM sleipnir_slots WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM sleipnir_beats WHERE expires_at <= ?", (now,))
             return conn.execute(
                 "DELETE FROM sleipnir_results WHERE expires_at <= ?", (now,)
@@ -637,6 +649,63 @@ class SQLiteResultStore(ResultStore):
     def release_key(self, key: str) -> bool:
         with self._db.write() as conn:
             return conn.execute("DELETE FROM sleipnir_claims WHERE key = ?", (key,)).rowcount > 0
+
+    def set_key(self, key: str, value: bytes, expires_at: float) -> None:
+        try:  # a lone statement in autocommit mode is its own transaction
+            self._db.conn().execute(
+                "INSERT OR REPLACE INTO sleipnir_claims (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, expires_at),
+            )
+        except sqlite3.Error as exc:
+            raise BrokerError(f"set_key failed on {self._db.path}: {exc}") from exc
+
+    def get_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        unique = list(dict.fromkeys(keys))
+        rows = self._db.read(
+            f"SELECT key, value FROM sleipnir_claims WHERE key IN ({_in(unique)})"
+            " AND expires_at > ?",
+            (*unique, self.clock.time()),
+        )
+        found = {str(k): bytes(v) for k, v in rows}  # type: ignore[call-overload]
+        return [found.get(key) for key in keys]
+
+    def acquire_slot(self, name: str, holder: str, limit: int, expires_at: float) -> float | None:
+        if limit < 1:
+            raise ValueError(f"a limit needs at least one slot, not {limit}")
+        with self._db.write() as conn:
+            # One write transaction: no other process counts the slots in between.
+            conn.execute(
+                "DELETE FROM sleipnir_slots WHERE name = ? AND expires_at <= ?",
+                (name, self.clock.time()),
+            )
+            renewed = conn.execute(
+                "UPDATE sleipnir_slots SET expires_at = ? WHERE name = ? AND holder = ?",
+                (expires_at, name, holder),
+            ).rowcount
+            if renewed:
+                return None
+            taken, first_free = conn.execute(
+                "SELECT count(*), min(expires_at) FROM sleipnir_slots WHERE name = ?", (name,)
+            ).fetchone()
+            if taken >= limit:
+                return float(first_free)
+            conn.execute(
+                "INSERT INTO sleipnir_slots (name, holder, expires_at) VALUES (?, ?, ?)",
+                (name, holder, expires_at),
+            )
+            return None
+
+    def release_slot(self, name: str, holder: str) -> bool:
+        with self._db.write() as conn:
+            return (
+                conn.execute(
+                    "DELETE FROM sleipnir_slots WHERE name = ? AND holder = ? AND expires_at > ?",
+                    (name, holder, self.clock.time()),
+                ).rowcount
+                > 0
+            )
 
     def close(self) -> None:
         self._db.close()

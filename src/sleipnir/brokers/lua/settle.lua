@@ -1,7 +1,9 @@
 -- Act on reservations: renew, ack, nack (retry or dead letter) or release.
 -- A reservation counts only while its token matches and its lease has not run out;
 -- otherwise the item answers 0 and nothing changes (the job may be another's now).
--- ARGV: prefix, op, now, then per item: id, token, when (lease end / retry time / ""), reason
+-- ARGV: prefix, op, now, then per item: id, token, when (lease end / retry or release time /
+-- ""), reason. A release with a time still to come waits in sched, like a retry, but with
+-- its attempt not counted and no error set.
 local P, op, now = ARGV[1], ARGV[2], ARGV[3]
 local now_n = tonumber(now)
 local out = {}
@@ -25,11 +27,15 @@ for i = 4, #ARGV, 4 do
         elseif op == 'release' then
           redis.call('HINCRBY', key, 'attempt', -1)
           redis.call('HSET', key, 'token', '0')
-          redis.call('ZADD', P .. ':ready:' .. q,
-            string.format('%.0f', -tonumber(f[3]) * 17592186044416 + tonumber(f[4])), id)
-          redis.call('ZADD', P .. ':since:' .. q, now, id)
-          redis.call('LPUSH', P .. ':wake:' .. q, 1)
-          redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
+          if when ~= '' and tonumber(when) > now_n then
+            redis.call('ZADD', P .. ':sched:' .. q, when, id)
+          else
+            redis.call('ZADD', P .. ':ready:' .. q,
+              string.format('%.0f', -tonumber(f[3]) * 17592186044416 + tonumber(f[4])), id)
+            redis.call('ZADD', P .. ':since:' .. q, now, id)
+            redis.call('LPUSH', P .. ':wake:' .. q, 1)
+            redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
+          end
         elseif when == '' then
           redis.call('HSET', key, 'token', '0', 'err', reason, 'dead', now)
           redis.call('ZADD', P .. ':dead:' .. q, now, id)
