@@ -19,14 +19,17 @@ from __future__ import annotations
 from .app import App
 from .brokers.base import Broker
 from .clock import Clock, SystemClock
+from .context import Context
 from .errors import (
     BrokerConnectionError,
     BrokerError,
+    Cancelled,
     ConfigurationError,
     DecodeError,
     EncodeError,
     Fail,
     InvalidArgumentsError,
+    JobCancelledError,
     JobFailedError,
     JobNotFoundError,
     KeyReusedError,
@@ -41,6 +44,7 @@ from .job import Job
 from .results import JobState, ResultStore
 from .task import JobHandle, Task
 from .worker import Worker
+from .workflow import chain, group
 
 __version__ = "0.1.0"
 
@@ -49,13 +53,16 @@ __all__ = [
     "Broker",
     "BrokerConnectionError",
     "BrokerError",
+    "Cancelled",
     "Clock",
     "ConfigurationError",
+    "Context",
     "DecodeError",
     "EncodeError",
     "Fail",
     "InvalidArgumentsError",
     "Job",
+    "JobCancelledError",
     "JobFailedError",
     "JobHandle",
     "JobNotFoundError",
@@ -72,4 +79,6 @@ __all__ = [
     "UnknownTaskError",
     "Worker",
     "__version__",
+    "chain",
+    "group",
 ]

@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from .brokers import broker_from_url, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
+from .context import cancel_key
 from .errors import (
     ConfigurationError,
     InvalidArgumentsError,
@@ -151,6 +152,8 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         unique_for: float | None = None,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
         schedule: str | float | Schedule | None = None,
         tz: str | None = None,
         catch_up: float | None = None,
@@ -168,6 +171,8 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         unique_for: float | None = None,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
         schedule: str | float | Schedule | None = None,
         tz: str | None = None,
         catch_up: float | None = None,
@@ -181,6 +186,10 @@ class App:
         default UTC), seconds between runs, or a :class:`~sleipnir.schedule.Schedule`.
         ``catch_up`` is how late (seconds) a missed tick may still run, once; see
         :mod:`sleipnir.schedule`.
+
+        ``rate_limit="100/m"`` and ``concurrency=2`` hold across all workers on all
+        hosts (kept in the result store); a job over a limit waits, scheduled,
+        without using a retry.
         """
         if schedule is None and (tz is not None or catch_up is not None):
             raise ConfigurationError("tz= and catch_up= need a schedule=")
@@ -195,6 +204,8 @@ class App:
             timeout=timeout,
             priority=priority,
             unique_for=unique_for,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
         )
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -347,6 +358,8 @@ class App:
         record = self.results.get(job_id)
         if record is not None and record.state.finished:
             return record.state
+        if self.results.get_keys([cancel_key(job_id)])[0] is not None:
+            return JobState.CANCELLED  # asked for; the worker settles it shortly
         info = self.broker.job_info(job_id)
         if info is None:
             # It may have finished between the two reads: the outcome is stored before the ack.

@@ -11,11 +11,13 @@ from __future__ import annotations
 __all__ = [
     "BrokerConnectionError",
     "BrokerError",
+    "Cancelled",
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
     "Fail",
     "InvalidArgumentsError",
+    "JobCancelledError",
     "JobFailedError",
     "JobNotFoundError",
     "KeyReusedError",
@@ -102,6 +104,13 @@ class JobFailedError(SleipnirError):
         super().__init__(f"job {job_id} failed: {error}")
 
 
+class JobCancelledError(JobFailedError):
+    """The job was cancelled (:meth:`JobHandle.cancel`) before it finished."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, "cancelled")
+
+
 class TaskControl(Exception):
     """Base of the control-flow exceptions task code may raise."""
 
@@ -127,3 +136,16 @@ class Fail(TaskControl):
     def __init__(self, reason: str = "failed by the task") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class Cancelled(TaskControl):
+    """Raised in task code when its job was cancelled: stop here, do not retry.
+
+    :meth:`Context.progress` and :meth:`Context.check_cancelled` raise it; an
+    ``async def`` task gets :class:`asyncio.CancelledError` instead. The job ends
+    as "cancelled".
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was cancelled")

@@ -43,6 +43,7 @@ __all__ = [
     "HistoryPoint",
     "HostFigures",
     "HostSampler",
+    "RunningJob",
     "Sample",
     "TaskFigures",
     "TaskMetrics",
@@ -119,6 +120,8 @@ class TaskFigures(msgspec.Struct, kw_only=True):
     """Failed for good (went to the dead letters)."""
     retried: int = 0
     """Failed attempts that were scheduled again."""
+    cancelled: int = 0
+    """Cancelled before they finished (``job.cancel()``)."""
     duration: Histogram = msgspec.field(default_factory=Histogram)
     """Run time of each attempt, start to finish."""
     wait: Histogram = msgspec.field(default_factory=Histogram)
@@ -144,13 +147,15 @@ class TaskMetrics:
             self._get(task, queue).wait.observe(seconds)
 
     def observe_outcome(self, task: str, queue: str, state: str, seconds: float | None) -> None:
-        """Record a settled attempt: ``state`` is succeeded, failed or retrying."""
+        """Record a settled attempt: ``state`` is succeeded, failed, retrying or cancelled."""
         with self._lock:
             figures = self._get(task, queue)
             if state == "succeeded":
                 figures.succeeded += 1
             elif state == "retrying":
                 figures.retried += 1
+            elif state == "cancelled":
+                figures.cancelled += 1
             else:
                 figures.failed += 1
             if seconds is not None:
@@ -284,6 +289,20 @@ def cpu_ratios(before: Any, after: Any) -> dict[str, float]:
     return {f: d / total for f, d in deltas.items()}
 
 
+RUNNING_SHOWN = 50
+"""How many of its running jobs a worker names in its heartbeat."""
+
+
+class RunningJob(msgspec.Struct, kw_only=True):
+    """One job a worker runs, as its heartbeat names it (progress: ``read_progress``)."""
+
+    id: str
+    task: str
+    queue: str
+    attempt: int
+    started_at: float
+
+
 class Heartbeat(msgspec.Struct, kw_only=True):
     """What a worker says about itself every few seconds."""
 
@@ -312,6 +331,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     """The broker URL, without its password."""
     host_figures: HostFigures | None = None
     tasks: list[TaskFigures] = []
+    running: list[RunningJob] = []
+    """The jobs running now (at most :data:`RUNNING_SHOWN` of them)."""
 
 
 class Sample(msgspec.Struct, array_like=True, kw_only=True):
@@ -487,6 +508,7 @@ def merged_tasks(beats: Iterable[Heartbeat]) -> list[TaskFigures]:
             into.succeeded += f.succeeded
             into.failed += f.failed
             into.retried += f.retried
+            into.cancelled += f.cancelled
             into.duration.merge(f.duration)
             into.wait.merge(f.wait)
     return [total[k] for k in sorted(total)]

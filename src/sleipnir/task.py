@@ -10,7 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from .errors import InvalidArgumentsError, JobFailedError, ResultTimeoutError
+from .context import Context, cancel_key, read_progress, wants_context
+from .errors import (
+    InvalidArgumentsError,
+    JobCancelledError,
+    JobFailedError,
+    ResultTimeoutError,
+)
 from .job import Job, decode_value, new_job_id
 from .keys import (
     DEFAULT_KEY_WINDOW,
@@ -24,6 +30,7 @@ from .results import JobState, ResultRecord
 
 if TYPE_CHECKING:
     from .app import App
+    from .workflow import Signature
 
 __all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "JobHandle", "Task", "TaskOptions"]
 
@@ -63,6 +70,11 @@ class TaskOptions:
     unique_for: float | None = None
     """Seconds during which a second call with the same arguments gives back the queued
     or running job instead of a new one (until that job finished for good)."""
+    rate_limit: str | None = None
+    """At most N runs per period across all workers: ``"100/m"``, ``"5/s"``, ``"1000/h"``,
+    ``"10/30s"``. A job over the limit waits (scheduled) without using a retry."""
+    concurrency: int | None = None
+    """At most this many jobs of the task running at once across all workers."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -74,6 +86,42 @@ class TaskOptions:
         check_priority(self.priority)
         if self.unique_for is not None and not 0 < self.unique_for < math.inf:
             raise ValueError("unique_for must be finite and > 0 seconds")
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)
+        if self.concurrency is not None and (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
+            raise ValueError("concurrency must be an int >= 1")
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        """``rate_limit`` as (runs, seconds)."""
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"100/m"`` -> (100, 60.0); also ``"5/s"``, ``"1000/h"``, ``"1/d"``, ``"10/30s"``."""
+    count, _, per = str(text).replace(" ", "").partition("/")
+    try:
+        runs = int(count)
+        if per in _UNITS:
+            seconds = _UNITS[per]
+        elif per[-1:] in _UNITS and per[:-1]:
+            seconds = float(per[:-1]) * _UNITS[per[-1]]
+        else:
+            seconds = float(per)
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"rate_limit {text!r} is not like '100/m' (runs per s, m, h, d or N seconds)"
+        ) from None
+    if runs < 1 or not 0 < seconds < math.inf:
+        raise ValueError(f"rate_limit {text!r} needs at least 1 run per a positive period")
+    return runs, seconds
 
 
 class Task(Generic[P, R]):
@@ -88,7 +136,12 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.options = options
-        self.signature = inspect.signature(fn)
+        full = inspect.signature(fn)
+        parameters = list(full.parameters.values())
+        self.takes_context = wants_context(fn, parameters)
+        """The function's first parameter is a :class:`~sleipnir.Context` the worker passes."""
+        self.signature = full.replace(parameters=parameters[1:]) if self.takes_context else full
+        """The arguments callers give (without ``ctx``)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -97,7 +150,16 @@ class Task(Generic[P, R]):
         return f"<Task {self.name} queue={self.options.queue}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now (a task taking ``ctx`` gets a detached one)."""
+        if self.takes_context:
+            return self.fn(Context.detached(self.name), *args, **kwargs)  # type: ignore[arg-type]
         return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A call to make later, in a :func:`~sleipnir.chain` or :func:`~sleipnir.group`."""
+        from .workflow import Signature
+
+        return Signature(self, tuple(args), dict(kwargs))
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Raise :class:`InvalidArgumentsError` if the call does not fit the function."""
@@ -252,9 +314,30 @@ class JobHandle(Generic[R]):
             if record is not None and record.state.finished:
                 if record.state is JobState.SUCCEEDED:
                     return cast(R, decode_value(record.value) if record.value else None)
+                if record.state is JobState.CANCELLED:
+                    raise JobCancelledError(self.id)
                 raise JobFailedError(self.id, (record.error or "").split("\n", 1)[0])
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")
             left = 3600.0 if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(delay, left)))
             delay = min(delay * 1.5, 0.25)
+
+    def progress(self) -> tuple[float, float | None] | None:
+        """The last ``(done, total)`` the job reported with ``ctx.progress``, or ``None``."""
+        return read_progress(self.app.results, [self.id]).get(self.id)
+
+    def cancel(self) -> bool:
+        """Ask for the job to be cancelled: a queued job never runs, a running one is stopped.
+
+        Returns ``False`` when the job had already finished (nothing to cancel).
+        A running ``async def`` task is cancelled at its next ``await``; a running
+        sync task is told through its ``ctx`` (see :mod:`sleipnir.context`), and
+        one that finishes anyway keeps its outcome.
+        """
+        record = self.app.results.get(self.id)
+        if record is not None and record.state.finished:
+            return False
+        now = self.app.clock.time()
+        self.app.results.set_key(cancel_key(self.id), str(now).encode(), now + self.app.result_ttl)
+        return True

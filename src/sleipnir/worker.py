@@ -38,17 +38,29 @@ from typing import Any
 
 from .app import App
 from .brokers.base import Nack, Reservation, redact_url
-from .errors import DecodeError, EncodeError, Fail, Retry, SleipnirError
+from .context import Context, cancel_key
+from .errors import Cancelled, DecodeError, EncodeError, Fail, Retry, SleipnirError
 from .job import Job, decode_job, encode_value
 from .keys import UNIQUE_HEADER
-from .monitor import Heartbeat, HeartbeatSender, TaskMetrics, new_worker_id
+from .monitor import (
+    RUNNING_SHOWN,
+    Heartbeat,
+    HeartbeatSender,
+    RunningJob,
+    TaskMetrics,
+    new_worker_id,
+)
 from .results import JobState, ResultRecord
 from .schedule import Scheduler
 from .task import Task
+from .workflow import follow_up, has_workflow
 
 __all__ = ["Worker", "backoff_delay"]
 
 log = logging.getLogger("sleipnir.worker")
+
+CANCEL_CHECK_EVERY = 1.0
+"""Seconds between two looks for cancel requests of the jobs a worker holds."""
 
 CRASH_ALLOWANCE = 3
 """Deliveries beyond ``retries + 1`` tolerated for jobs whose worker died mid-run.
@@ -81,6 +93,13 @@ class _Held:
     """``None`` when the job was refused before it could run."""
     started_at: float | None = None
     lost: bool = False
+    cancelled: bool = False
+    """A cancel was asked for and this worker saw it."""
+    ctx: Context | None = None
+    atask: asyncio.Task[Any] | None = None
+    """An ``async def`` task's run on the worker's loop, to cancel it."""
+    slot: str | None = None
+    """The concurrency-limit slot this job holds while it runs."""
 
 
 @dataclass(slots=True)
@@ -101,6 +120,7 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     dead: int = 0
+    cancelled: int = 0
     lost_leases: int = 0
     started_at: float = field(default_factory=time.time)
 
@@ -163,6 +183,7 @@ class Worker:
         self._clock = app.clock
         self._waiting: deque[_Held] = deque()
         self._quiet_until = 0.0
+        self._keys_unsupported = False
         """No reserve before this (monotonic) while jobs run: the last one came back short."""
         self._running: dict[str, _Held] = {}
         self._done: queue_module.SimpleQueue[_Outcome] = queue_module.SimpleQueue()
@@ -202,6 +223,16 @@ class Worker:
             lost_leases=self.stats.lost_leases,
             broker=redact_url(self.app.broker_url),
             tasks=self.metrics.snapshot(),
+            running=[
+                RunningJob(
+                    id=h.reservation.id,
+                    task=_name(h),
+                    queue=h.reservation.queue,
+                    attempt=h.reservation.attempt,
+                    started_at=h.started_at or 0.0,
+                )
+                for h in list(self._running.values())[:RUNNING_SHOWN]
+            ],
         )
 
     @property
@@ -277,9 +308,13 @@ class Worker:
         renew_every = self.lease / 3
         next_renew = time.monotonic() + renew_every
         next_purge = time.monotonic() + 60.0
+        next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
         while not self._stopping.is_set():
             self._collect(block=False)
             self._start_waiting()
+            if time.monotonic() >= next_cancel_check and (self._running or self._waiting):
+                self._cancel_held()
+                next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
             if (
                 self._unsettled
                 and time.monotonic() >= self._settle_after
@@ -354,6 +389,7 @@ class Worker:
             self._collect(block=True, timeout=min(left, 0.1))
             if time.monotonic() >= next_renew:
                 self._renew()
+                self._cancel_held()
                 next_renew = time.monotonic() + self.lease / 3
         self._collect(block=False)
         for _ in range(10):
@@ -393,16 +429,70 @@ class Worker:
             return 0
         self._taken += len(reservations)
         bad: list[_Outcome] = []
+        admitted: list[_Held] = []
         for res in reservations:
             held = self._admit(res)
             if isinstance(held, _Outcome):
                 bad.append(held)
+            else:
+                admitted.append(held)
+        self._check_cancelled(admitted)
+        for held in admitted:
+            if held.cancelled:
+                bad.append(self._cancelled_outcome(held))
             else:
                 self._waiting.append(held)
         if bad:
             self._unsettled.extend(bad)
             self._settle()  # refused jobs settle now: their leases would otherwise run out
         return len(reservations)
+
+    # -- cancellation -------------------------------------------------------------------
+
+    def _check_cancelled(self, helds: Sequence[_Held]) -> list[_Held]:
+        """Look up cancel requests for ``helds`` in one store call; mark and stop those found.
+
+        A running ``async def`` task is cancelled; a sync one is told through its
+        ``ctx``. Returns the newly cancelled.
+        """
+        candidates = [h for h in helds if not h.cancelled]
+        if not candidates or self._keys_unsupported:
+            return []
+        try:
+            marks = self._results.get_keys([cancel_key(h.reservation.id) for h in candidates])
+        except NotImplementedError as exc:
+            self._keys_unsupported = True
+            log.warning("cancel requests are not seen on this result store: %s", exc)
+            return []
+        except SleipnirError as exc:
+            log.warning("could not look up cancel requests, will try again: %s", exc)
+            return []
+        found = [h for h, mark in zip(candidates, marks, strict=True) if mark is not None]
+        for h in found:
+            h.cancelled = True
+            if h.ctx is not None:
+                h.ctx.cancel()
+            if h.task is not None and h.task.is_async and self._loop is not None:
+                self._loop.call_soon_threadsafe(_cancel_async, h)
+            log.info(
+                "job %s (%s) cancelled%s",
+                h.reservation.id,
+                _name(h),
+                "" if h.started_at is None else " while running",
+            )
+        return found
+
+    def _cancel_held(self) -> None:
+        """The periodic check: stop cancelled running jobs, drop cancelled waiting ones."""
+        found = self._check_cancelled([*self._running.values(), *self._waiting])
+        unstarted = [h for h in found if h.started_at is None]
+        if unstarted:
+            self._waiting = deque(h for h in self._waiting if not h.cancelled)
+            for h in unstarted:
+                self._finish(self._cancelled_outcome(h))
+
+    def _cancelled_outcome(self, held: _Held) -> _Outcome:
+        return _Outcome(held, JobState.CANCELLED, self._clock.time(), error="cancelled")
 
     def _admit(self, res: Reservation) -> _Held | _Outcome:
         """Decode and check a reservation; a job that cannot run becomes a dead outcome."""
@@ -453,15 +543,17 @@ class Worker:
             # worker may be running it now, and its outcome is the one to keep.
             if not o.held.lost
         ]
-        acks = [o.held.reservation for o in outcomes if o.state is JobState.SUCCEEDED]
+        done = (JobState.SUCCEEDED, JobState.CANCELLED)
+        acks = [o.held.reservation for o in outcomes if o.state in done]
         nacks = [
             Nack(o.held.reservation, o.retry_at, o.error or "")
             for o in outcomes
-            if o.state is not JobState.SUCCEEDED
+            if o.state not in done
         ]
         try:
             if records:
                 self._results.put(records)
+            self._follow_up(outcomes)
             acked = self._broker.ack(acks) if acks else []
             nacked = self._broker.nack(nacks) if nacks else []
         except SleipnirError as exc:
@@ -480,10 +572,13 @@ class Worker:
                 o.state.value,
                 None if started is None else o.finished_at - started,
             )
+            self._release_slot(o.held)
             if o.state is JobState.SUCCEEDED:
                 self.stats.succeeded += 1
             elif o.state is JobState.RETRYING:
                 self.stats.retried += 1
+            elif o.state is JobState.CANCELLED:
+                self.stats.cancelled += 1
             else:
                 self.stats.failed += 1
         lost = [r.id for r, ok in zip(acks, acked, strict=True) if not ok]
@@ -494,6 +589,19 @@ class Worker:
             log.warning(
                 "lease lost before settling, these jobs will run again: %s", ", ".join(lost)
             )
+
+    def _follow_up(self, outcomes: Sequence[_Outcome]) -> None:
+        """Enqueue the next steps of chains and the callbacks of groups (see workflow.py)."""
+        finished = [
+            (o.held.job, o.state, o.value, o.error)
+            for o in outcomes
+            if o.held.job is not None
+            and o.state is not JobState.RETRYING
+            and not o.held.lost
+            and has_workflow(o.held.job)
+        ]
+        if finished:
+            follow_up(self.app, finished)
 
     def _release_unique_keys(self, outcomes: Sequence[_Outcome], lost: set[str]) -> None:
         """A unique task's job that finished for good frees its key for the next call."""
@@ -527,12 +635,28 @@ class Worker:
                 h.lost = True
                 log.warning("lease of job %s was lost; another worker may run it", h.reservation.id)
         self._waiting = deque(h for h in self._waiting if not h.lost)
+        until = self._clock.time() + self.lease
+        for h in held:
+            if h.slot is not None and h.task is not None and not h.lost:
+                try:  # a concurrency slot lasts as long as the lease it goes with
+                    self._results.acquire_slot(
+                        h.slot, h.reservation.id, h.task.options.concurrency or 1, until
+                    )
+                except (SleipnirError, NotImplementedError) as exc:
+                    log.warning(
+                        "could not renew slot %s of job %s: %s", h.slot, h.reservation.id, exc
+                    )
 
     # -- running tasks ----------------------------------------------------------------
 
     def _start_waiting(self) -> None:
+        later: list[tuple[_Held, float]] = []
         while self._waiting and len(self._running) < self.concurrency:
             held = self._waiting.popleft()
+            wait_until = self._take_limits(held)
+            if wait_until is not None:
+                later.append((held, wait_until))
+                continue
             held.started_at = self._clock.time()
             if held.reservation.attempt == 1 and held.job is not None:
                 ready_at = held.job.eta_at or held.job.enqueued_at
@@ -542,12 +666,98 @@ class Worker:
             self._running[held.reservation.id] = held
             task, job = held.task, held.job
             assert task is not None and job is not None  # refused jobs never wait
+            if task.takes_context:
+                held.ctx = Context(
+                    self.app,
+                    job.id,
+                    task.name,
+                    held.reservation.queue,
+                    held.reservation.attempt,
+                    job.headers,
+                )
             if task.is_async:
                 assert self._loop is not None
                 asyncio.run_coroutine_threadsafe(self._run_async(held, task, job), self._loop)
             else:
                 assert self._pool is not None
                 self._pool.submit(self._run_sync, held, task, job)
+        if later:
+            self._wait_for_limits(later)
+
+    def _take_limits(self, held: _Held) -> float | None:
+        """Take the task's concurrency slot and rate token for ``held``.
+
+        ``None`` when it may start now; else when to try again (epoch seconds).
+        """
+        task = held.task
+        if task is None or (task.options.concurrency is None and task.options.rate_limit is None):
+            return None
+        options, job_id = task.options, held.reservation.id
+        now = self._clock.time()
+        try:
+            if options.concurrency is not None and held.slot is None:
+                name = f"concurrency:{task.name}"
+                free_at = self._results.acquire_slot(
+                    name, job_id, options.concurrency, now + self.lease
+                )
+                if free_at is not None:
+                    # Slots free when jobs end, usually well before their leases do.
+                    return now + min(max(free_at - now, 0.05), self.rng.uniform(0.25, 1.0))
+                held.slot = name
+            rate = options.rate
+            if rate is not None:
+                runs, period = rate
+                holder = f"{job_id}:{held.reservation.attempt}:{self.rng.getrandbits(32):x}"
+                free_at = self._results.acquire_slot(
+                    f"rate:{task.name}", holder, runs, now + period
+                )
+                if free_at is not None:
+                    self._release_slot(held)
+                    # Spread the waiters over one emission interval so they do not
+                    # all come back at the same instant.
+                    return max(free_at, now) + self.rng.uniform(0.0, period / runs)
+        except NotImplementedError as exc:
+            if not self._keys_unsupported:
+                log.warning("limits are not kept on this result store, running unlimited: %s", exc)
+            self._keys_unsupported = True
+            return None
+        except SleipnirError as exc:
+            log.warning("could not check the limits of %s, will try again: %s", task.name, exc)
+            self._release_slot(held)
+            return now + 1.0
+        return None
+
+    def _release_slot(self, held: _Held) -> None:
+        if held.slot is None:
+            return
+        name, held.slot = held.slot, None
+        try:
+            self._results.release_slot(name, held.reservation.id)
+        except (SleipnirError, NotImplementedError) as exc:
+            log.warning(
+                "could not free slot %s of job %s (it expires with the lease): %s",
+                name,
+                held.reservation.id,
+                exc,
+            )
+
+    def _wait_for_limits(self, later: list[tuple[_Held, float]]) -> None:
+        """Give back jobs held up by a limit, scheduled for when it may let them through.
+
+        Their attempt is not counted: waiting under a limit uses no retry.
+        """
+        by_time: dict[float, list[Reservation]] = {}
+        for held, when in later:
+            by_time.setdefault(when, []).append(held.reservation)
+        for when, reservations in by_time.items():
+            try:
+                self._broker.release(reservations, ready_at=when)
+            except SleipnirError as exc:
+                log.warning(
+                    "could not give back %d jobs waiting for a limit (%s); their leases will",
+                    len(reservations),
+                    exc,
+                )
 
     def _collect(self, *, block: bool, timeout: float = 0.0) -> int:
         got = 0
@@ -571,7 +781,10 @@ class Worker:
 
     def _run_sync(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
         try:
-            value = task.fn(*job.args, **job.kwargs)
+            if held.ctx is not None:
+                value = task.fn(held.ctx, *job.args, **job.kwargs)
+            else:
+                value = task.fn(*job.args, **job.kwargs)
         except BaseException as exc:  # every failure of task code is the job's outcome
             self._done.put(self._failure(held, task, exc))
         else:
@@ -579,8 +792,15 @@ class Worker:
 
     async def _run_async(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
         timeout = task.options.timeout
+        held.atask = asyncio.current_task()
+        if held.cancelled:  # cancelled between its start and now
+            self._done.put(self._cancelled_outcome(held))
+            return
         try:
-            coro = task.fn(*job.args, **job.kwargs)
+            if held.ctx is not None:
+                coro = task.fn(held.ctx, *job.args, **job.kwargs)
+            else:
+                coro = task.fn(*job.args, **job.kwargs)
             value = await asyncio.wait_for(coro, timeout) if timeout else await coro
         except BaseException as exc:  # see _run_sync
             self._done.put(self._failure(held, task, exc))
@@ -598,6 +818,10 @@ class Worker:
         now = self._clock.time()
         attempt = held.reservation.attempt
         options = task.options
+        if isinstance(exc, Cancelled) or (
+            held.cancelled and isinstance(exc, asyncio.CancelledError)
+        ):
+            return self._cancelled_outcome(held)
         if isinstance(exc, Fail):
             return self._dead(held, f"Fail: {exc.reason}")
         if isinstance(exc, TimeoutError) and options.timeout and task.is_async:
@@ -683,6 +907,12 @@ def _describe(exc: BaseException) -> str:
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc)).rstrip()
     return f"{head}\n{tb}"
+
+
+def _cancel_async(held: _Held) -> None:
+    """On the worker's loop: cancel a running ``async def`` task (see ``_run_async``)."""
+    if held.atask is not None and not held.atask.done():
+        held.atask.cancel()
 
 
 def _name(held: _Held) -> str:

@@ -16,6 +16,7 @@ PUBLIC_NAMES = {
     "JobHandle", "JobNotFoundError", "JobState", "KeyReusedError", "PayloadTooLargeError",
     "ResultStore", "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task",
     "TaskControl", "UnknownTaskError", "Worker", "__version__",
+    "Cancelled", "Context", "JobCancelledError", "chain", "group",
 }  # fmt: skip
 
 
@@ -29,12 +30,12 @@ def test_public_names_are_exactly_these_and_all_importable() -> None:
 
 
 def test_errors_form_one_tree_and_task_control_stays_outside_it() -> None:
-    errors = PUBLIC_NAMES - {"SleipnirError", "Retry", "Fail", "TaskControl"}
+    errors = PUBLIC_NAMES - {"SleipnirError", "Retry", "Fail", "Cancelled", "TaskControl"}
     errors = {n for n in errors if n.endswith("Error")}
     assert errors  # the filter kept something
     for name in errors:
         assert issubclass(getattr(sleipnir, name), sleipnir.SleipnirError), name
-    for name in ("Retry", "Fail"):
+    for name in ("Retry", "Fail", "Cancelled"):
         control = getattr(sleipnir, name)
         assert issubclass(control, sleipnir.TaskControl)
         assert not issubclass(control, sleipnir.SleipnirError)

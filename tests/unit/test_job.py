@@ -72,11 +72,15 @@ def test_encode_refuses_a_body_over_the_limit() -> None:
 
 
 def test_job_states_are_the_documented_strings() -> None:
-    documented = ["queued", "scheduled", "running", "retrying", "succeeded", "failed"]
+    documented = ["queued", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"]
     for value in documented:
         assert JobState(value) == value
     assert {s.value for s in JobState} == {*documented, "unknown"}
-    assert {s for s in JobState if s.finished} == {JobState.SUCCEEDED, JobState.FAILED}
+    assert {s for s in JobState if s.finished} == {
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    }
 
 
 def test_new_job_ids_are_26_crockford_characters_in_creation_order() -> None:
