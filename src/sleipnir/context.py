@@ -21,6 +21,11 @@ claimed keys (:meth:`ResultStore.set_key`), so they work on every backend:
   so it is told: :attr:`Context.cancelled` turns true and the next
   :meth:`Context.progress` or :meth:`Context.check_cancelled` raises
   :class:`~sleipnir.Cancelled`.
+
+The same channel carries a sync task's time limit: past its ``timeout``, the
+next ``progress``, ``check_cancelled`` or ``wait`` raises (or returns) as on
+cancel, but with :class:`TimeoutError`, a failure that is retried. Only code that
+looks at its ``ctx`` can be stopped this way; ``async def`` tasks are cancelled.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Context:
         """1 for the first delivery, higher for retries and redeliveries."""
         self.headers = headers or {}
         self._cancelled = threading.Event()
+        self._timed_out = False
         self._last_write = 0.0
 
     def __repr__(self) -> str:
@@ -120,16 +126,32 @@ class Context:
         """Mark the run cancelled (the worker calls this when it sees the request)."""
         self._cancelled.set()
 
+    def time_out(self) -> None:
+        """Mark the run over its time limit (the worker calls this for sync tasks)."""
+        self._timed_out = True
+        self._cancelled.set()
+
+    @property
+    def timed_out(self) -> bool:
+        """True once the run went over its task's ``timeout``."""
+        return self._timed_out
+
     def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking early on cancel; True when cancelled.
+        """Sleep up to ``seconds``, waking early on cancel (or time-out); True if woken so.
 
         The polite pause for a sync task (between calls to a rate-limited API, say).
         """
         return self._cancelled.wait(seconds)
 
     def check_cancelled(self) -> None:
-        """Raise :class:`~sleipnir.Cancelled` if the job was cancelled; a cheap check."""
+        """Raise :class:`~sleipnir.Cancelled` if the job was cancelled; a cheap check.
+
+        Raises :class:`TimeoutError` instead once the run went over its time limit
+        (a failure, retried like any other).
+        """
         if self._cancelled.is_set():
+            if self._timed_out:
+                raise TimeoutError(f"job {self.job_id} ran over its time limit")
             raise Cancelled(self.job_id)
 
     def progress(self, done: float, total: float | None = None) -> None:

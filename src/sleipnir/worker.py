@@ -483,7 +483,27 @@ class Worker:
         return found
 
     def _cancel_held(self) -> None:
-        """The periodic check: stop cancelled running jobs, drop cancelled waiting ones."""
+        """The periodic check: stop cancelled running jobs, drop cancelled waiting ones,
+        and tell sync tasks with a ``ctx`` that they went over their time limit."""
+        now = self._clock.time()
+        for h in self._running.values():
+            limit = h.task.options.timeout if h.task is not None else None
+            if (
+                limit
+                and h.ctx is not None
+                and not h.ctx.timed_out
+                and h.started_at is not None
+                and now - h.started_at > limit
+                and h.task is not None
+                and not h.task.is_async
+            ):
+                log.warning(
+                    "job %s (%s) ran over its %.1fs time limit; told through its ctx",
+                    h.reservation.id,
+                    _name(h),
+                    limit,
+                )
+                h.ctx.time_out()
         found = self._check_cancelled([*self._running.values(), *self._waiting])
         unstarted = [h for h in found if h.started_at is None]
         if unstarted:
@@ -824,7 +844,11 @@ class Worker:
             return self._cancelled_outcome(held)
         if isinstance(exc, Fail):
             return self._dead(held, f"Fail: {exc.reason}")
-        if isinstance(exc, TimeoutError) and options.timeout and task.is_async:
+        if (
+            isinstance(exc, TimeoutError)
+            and options.timeout
+            and (task.is_async or (held.ctx is not None and held.ctx.timed_out))
+        ):
             error = f"TimeoutError: the job ran over its time limit of {options.timeout} s"
         else:
             error = _describe(exc)
@@ -865,11 +889,27 @@ class Worker:
         self._loop = self._loop_thread = None
 
     def _warn_soft_limits(self) -> None:
-        soft = [t.name for t in self.app.tasks.values() if t.options.timeout and not t.is_async]
+        soft = [
+            t.name
+            for t in self.app.tasks.values()
+            if t.options.timeout and not t.is_async and not t.takes_context
+        ]
+        told = [
+            t.name
+            for t in self.app.tasks.values()
+            if t.options.timeout and not t.is_async and t.takes_context
+        ]
         if soft:
             log.warning(
-                "time limits of sync tasks are soft (a thread cannot be stopped safely): %s",
+                "time limits of sync tasks are not enforced (a thread cannot be stopped "
+                "safely; take a ctx and call ctx.check_cancelled() to honour them): %s",
                 ", ".join(sorted(soft)),
+            )
+        if told:
+            log.info(
+                "time limits of sync tasks with a ctx are told to the task, which stops "
+                "at its next ctx.progress(), ctx.check_cancelled() or ctx.wait(): %s",
+                ", ".join(sorted(told)),
             )
 
     # -- signals ----------------------------------------------------------------------

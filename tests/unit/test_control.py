@@ -314,3 +314,47 @@ def test_a_repeated_settle_enqueues_the_next_step_once(app: App) -> None:
         follow_up(app, [(first, JobState.SUCCEEDED, b"2", None)])
     ready = app.broker.reserve(["default"], 10, 30.0)
     assert [r.id for r in ready] == [handle.id]
+
+
+# -- time limits of sync tasks ------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("quick_cancel_checks")
+def test_a_sync_task_with_ctx_is_told_at_its_time_limit_and_retried(
+    app: App, clock: FakeClock
+) -> None:
+    told: list[bool] = []
+
+    @app.task(timeout=10.0, retries=1, backoff=0.0, max_backoff=0.0)
+    def slow(ctx: Context) -> str:
+        if ctx.attempt == 2:
+            return "second attempt"
+        clock.advance(11.0)  # past the limit, as the worker's clock sees it
+        told.append(ctx.wait(30.0))
+        ctx.check_cancelled()  # raises TimeoutError
+        return "never"
+
+    handle = slow.delay()
+    drain(app)
+    drain(app)
+    assert told == [True]
+    assert handle.result(timeout=1.0) == "second attempt"
+    record = handle.record()
+    assert record is not None and record.attempt == 2
+
+
+def test_the_worker_says_which_sync_time_limits_it_cannot_enforce(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(timeout=5.0)
+    def blind() -> None: ...
+
+    @app.task(timeout=5.0)
+    def polite(ctx: Context) -> None: ...
+
+    with caplog.at_level("INFO", logger="sleipnir.worker"):
+        drain(app)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("not enforced" in line and "blind" in line for line in lines)
+    assert not any("not enforced" in line and "polite" in line for line in lines)
+    assert any("told to the task" in line and "polite" in line for line in lines)
