@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .job import Job, decode_value, new_job_id
+from .errors import EncodeError
+from .job import Job, decode_value, encode_job, new_job_id
 from .keys import KeyClaim
 from .results import JobState, ResultRecord
 from .task import JobHandle, Task
@@ -338,6 +339,17 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
             continue
         values = [decode_value(r.value) if r is not None and r.value else None for r in outcomes]
         jobs.append(_job_for(app, callback, [values], {}))
+    for job in list(jobs):
+        try:
+            encode_job(job, app.max_payload_bytes)
+        except EncodeError as exc:  # e.g. a group's results too big for one job
+            jobs.remove(job)
+            records.append(
+                ResultRecord(
+                    job.id, JobState.FAILED, job.task, job.queue, 0, now, expires,
+                    error=f"could not be enqueued: {exc}",
+                )
+            )  # fmt: skip
     if records:
         app.results.put(records)
     if jobs:

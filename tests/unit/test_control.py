@@ -358,3 +358,25 @@ def test_the_worker_says_which_sync_time_limits_it_cannot_enforce(
     assert any("not enforced" in line and "blind" in line for line in lines)
     assert not any("not enforced" in line and "polite" in line for line in lines)
     assert any("told to the task" in line and "polite" in line for line in lines)
+
+
+def test_a_callback_too_big_to_enqueue_fails_and_the_members_still_settle(
+    clock: FakeClock, tmp_path: Any
+) -> None:
+    app = App(broker="memory://", clock=clock, max_payload_bytes=400)
+
+    @app.task
+    def blob(n: int) -> str:
+        return "x" * 150
+
+    @app.task
+    def joined(parts: list[str]) -> int:
+        return len(parts)
+
+    handle = group([blob.s(1), blob.s(2), blob.s(3)], callback=joined.s()).delay()
+    drain(app)
+    assert [len(v) for v in handle.results(timeout=1.0)] == [150, 150, 150]
+    assert handle.callback is not None
+    with pytest.raises(JobFailedError, match="could not be enqueued"):
+        handle.callback.result(timeout=1.0)
+    assert all(s.ready == s.running == 0 for s in app.broker.stats())
