@@ -471,7 +471,8 @@ def enqueue(
 @main.command()
 @APP
 def queues(app: App) -> None:
-    """Per queue: ready, scheduled, running and failed (dead) jobs."""
+    """Per queue: ready, scheduled, running and failed (dead) jobs; then the periodic
+    jobs (next run, last tick) and the jobs the workers run now, with their progress."""
     rows = app.broker.stats()
     click.echo(
         f"{'queue':<24}{'ready':>10}{'scheduled':>11}{'running':>9}{'failed':>8}  oldest ready"
@@ -482,6 +483,44 @@ def queues(app: App) -> None:
         click.echo(f"{s.queue:<24}{s.ready:>10}{s.scheduled:>11}{s.running:>9}{s.dead:>8}  {age}")
     if not rows:
         click.echo("(no queues yet)")
+    _echo_table("periodic", _periodic_rows(app, now))
+    _echo_table("running", _running_rows(app, now))
+
+
+def _periodic_rows(app: App, now: float) -> list[list[str]]:
+    from .views import format_span, schedule_views
+
+    rows = [["task", "schedule", "next run (UTC)", "last tick (UTC)", "fired"]]
+    for v in schedule_views(app, now):
+        next_run = f"{_when(v.next_run_at)} (in {format_span(v.next_run_in)})"
+        rows.append([v.task, v.schedule, next_run, _when(v.last_tick_at), v.fired_text])
+    return rows
+
+
+def _running_rows(app: App, now: float) -> list[list[str]]:
+    from .monitor import read_beats
+    from .views import format_span, running_views
+
+    try:
+        beats = read_beats(app.results)
+    except (NotImplementedError, SleipnirError):
+        return []  # no heartbeats on this store: nothing to say about running jobs
+    rows = [["job", "task", "queue", "attempt", "running for", "progress"]]
+    for v in running_views(app, beats, now):
+        rows.append(
+            [v.id, v.task, v.queue, str(v.attempt), format_span(v.running_for), v.progress_text]
+        )
+    return rows
+
+
+def _echo_table(title: str, rows: list[list[str]]) -> None:
+    """A titled table of left-aligned columns; nothing when it has no row under its header."""
+    if len(rows) < 2:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo(f"\n{title}")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 @main.group()

@@ -624,6 +624,7 @@ def prometheus_text(
             ("succeeded", "Jobs that succeeded, per worker since it started"),
             ("failed", "Jobs that failed for good (dead letters), per worker since it started"),
             ("retried", "Failed attempts scheduled again, per worker since it started"),
+            ("cancelled", "Jobs cancelled before they finished, per worker since it started"),
         )
     }
     duration = HistogramMetricFamily(
@@ -656,6 +657,7 @@ def prometheus_text(
             outcome["succeeded"].add_metric(labels, float(f.succeeded))
             outcome["failed"].add_metric(labels, float(f.failed))
             outcome["retried"].add_metric(labels, float(f.retried))
+            outcome["cancelled"].add_metric(labels, float(f.cancelled))
             duration.add_metric(labels, _buckets(f.duration), f.duration.sum)
             wait.add_metric(labels, _buckets(f.wait), f.wait.sum)
     for host, n in sorted(per_host.items()):

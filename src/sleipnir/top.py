@@ -91,16 +91,20 @@ def render(app: App) -> Any:
     parts.append(queues)
 
     tasks = Table(title="tasks (live workers)", title_justify="left", expand=True)
-    for name in ("task", "queue", "ok", "failed", "retried", "wait p50", "wait p95", "run p50",
-                 "run p95"):  # fmt: skip
+    figures = merged_tasks(beats)
+    # The table is full on an 80-column terminal: cancelled only once a job was cancelled.
+    cancelled = any(f.cancelled for f in figures)
+    for name in ("task", "queue", "ok", "failed", "retried", *(["cancelled"] if cancelled else []),
+                 "wait p50", "wait p95", "run p50", "run p95"):  # fmt: skip
         tasks.add_column(name, justify="left" if name in ("task", "queue") else "right")
-    for f in merged_tasks(beats):
+    for f in figures:
         tasks.add_row(
             f.task,
             f.queue,
             str(f.succeeded),
             str(f.failed),
             str(f.retried),
+            *([str(f.cancelled)] if cancelled else []),
             _seconds(f.wait.quantile(0.5)),
             _seconds(f.wait.quantile(0.95)),
             _seconds(f.duration.quantile(0.5)),

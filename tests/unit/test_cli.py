@@ -7,13 +7,27 @@ instead (``cli.work()``); the command itself is covered by the integration tests
 from __future__ import annotations
 
 import json
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from sleipnir import App
+from sleipnir.monitor import Heartbeat, RunningJob, sample_of
+from sleipnir.results import WorkerBeat
+from sleipnir.schedule import Scheduler
 
 from .conftest import CliApp
 
 
 def queue_row(output: str, queue: str) -> dict[str, int]:
     """The counts of one queue in the ``queues`` table."""
-    header, *rows = output.splitlines()
+    header, *rows = output.split("\n\n", 1)[0].splitlines()
     assert header.split()[:5] == ["queue", "ready", "scheduled", "running", "failed"]
     for row in rows:
         name, ready, scheduled, running, failed, *_ = row.split()
@@ -168,3 +182,120 @@ def test_dead_purge_asks_first_and_keeps_them_on_no(cli: CliApp) -> None:
     assert result.exit_code == 1
     assert "Aborted" in result.output
     assert len(cli.app.broker.dead_letters()) == 1
+
+
+# -- periodic and running jobs under the queues -------------------------------------------
+
+PERIODIC_MODULE = """
+from sleipnir import App
+from sleipnir.testing import FakeClock
+
+app = App(broker="sqlite:///{db}", clock=FakeClock())  # 2023-11-14 22:13:20 UTC
+
+
+@app.periodic(every=300)
+def sweep() -> None:
+    return None
+
+
+@app.periodic(cron="0 6 * * *", tz="Europe/Oslo")
+def report() -> None:
+    return None
+"""
+
+
+@pytest.fixture
+def periodic_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
+    name = f"sleipnir_unit_cli_periodic_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(PERIODIC_MODULE.format(db=tmp_path / "p.db"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield CliApp(name, CliRunner())
+    module = sys.modules.pop(name, None)
+    if module is not None:
+        module.app.close()
+
+
+def section(output: str, title: str) -> list[dict[str, str]]:
+    """The rows of a titled table under the queues, by column name ([] when it is absent)."""
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in output.split("\n\n")[1:]}
+    if title not in blocks:
+        return []
+    header, *rows = (re.split(r"\s{2,}", line.strip()) for line in blocks[title])
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def test_queues_shows_no_periodic_or_running_table_when_there_are_none(cli: CliApp) -> None:
+    cli("enqueue", "APP", "add", "--args", "[1, 2]")
+    cli.work()
+    out = cli("queues", "APP").stdout
+    assert section(out, "periodic") == [] and section(out, "running") == []
+    assert "periodic" not in out and "running\n" not in out
+
+
+def test_queues_shows_the_periodic_jobs_next_runs_and_who_fired_the_last_tick(
+    periodic_cli: CliApp,
+) -> None:
+    before = {r["task"]: r for r in section(periodic_cli("queues", "APP").stdout, "periodic")}
+    assert before["sweep"] == {
+        "task": "sweep",
+        "schedule": "every 300s",
+        "next run (UTC)": "2023-11-14 22:15:00 (in 1m 40s)",
+        "last tick (UTC)": "2023-11-14 22:10:00",
+        "fired": "not yet",  # 200 s late, within its catch-up window of 300 s
+    }
+    # 06:00 in Oslo is 05:00 UTC in November; the last one is too old for its claim to be kept.
+    assert before["report"]["schedule"] == "cron '0 6 * * *' (Europe/Oslo)"
+    assert before["report"]["next run (UTC)"] == "2023-11-15 05:00:00 (in 6h 46m)"
+    assert (before["report"]["last tick (UTC)"], before["report"]["fired"]) == (
+        "2023-11-14 05:00:00", "?"
+    )  # fmt: skip
+
+    assert len(Scheduler(periodic_cli.app, owner="host-a:4242").run_pending()) == 1
+    after = {r["task"]: r for r in section(periodic_cli("queues", "APP").stdout, "periodic")}
+    assert after["sweep"]["fired"] == "fired by host-a:4242"
+    assert after["report"]["fired"] == "?"
+
+
+def _beat_running(app: App, jobs: list[RunningJob]) -> None:
+    """Store a heartbeat of a worker that runs ``jobs`` now."""
+    now = app.clock.time()
+    beat = Heartbeat(
+        worker_id="host-b:7:abcdef", host="host-b", pid=7, ppid=1, queues=["default"],
+        concurrency=4, busy=len(jobs), held=len(jobs), started_at=now - 600, at=now,
+        running=jobs,
+    )  # fmt: skip
+    app.results.beat(
+        WorkerBeat(
+            worker_id=beat.worker_id,
+            at=now,
+            expires_at=now + 15,
+            body=msgspec.json.encode(beat),
+            sample=msgspec.json.encode(sample_of(beat)),
+        ),
+        keep=3600,
+    )
+
+
+def test_queues_shows_the_running_jobs_with_their_progress(periodic_cli: CliApp) -> None:
+    app = periodic_cli.app
+    now = app.clock.time()
+    long_one = app.tasks["sweep"].delay().id
+    short_one = app.tasks["report"].delay().id
+    _beat_running(
+        app,
+        [
+            RunningJob(id=short_one, task="report", queue="default", attempt=2,
+                       started_at=now - 5),
+            RunningJob(id=long_one, task="sweep", queue="default", attempt=1,
+                       started_at=now - 250),
+        ],
+    )  # fmt: skip
+    app.results.set_key(f"progress:{long_one}", b"[40,100]", now + 3600)
+    rows = section(periodic_cli("queues", "APP").stdout, "running")
+    assert rows == [
+        {"job": long_one, "task": "sweep", "queue": "default", "attempt": "1",
+         "running for": "4m 10s", "progress": "40/100 (40%)"},
+        {"job": short_one, "task": "report", "queue": "default", "attempt": "2",
+         "running for": "5s", "progress": "-"},
+    ]  # fmt: skip

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
 
 from sleipnir import App, Fail, Worker
+from sleipnir.monitor import Heartbeat, RunningJob, TaskFigures, sample_of
+from sleipnir.results import WorkerBeat
+from sleipnir.testing import FakeClock
 from sleipnir.web import create_app
 
 TOKEN = "s3cret-token-for-tests"
@@ -60,6 +64,34 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             raise AssertionError("condition not met in time")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def store_beat(
+    app: App,
+    worker_id: str = "host-b:7:abcdef",
+    *,
+    running: list[RunningJob] | None = None,
+    tasks: list[TaskFigures] | None = None,
+) -> Heartbeat:
+    """Store a live heartbeat, as a worker that runs ``running`` now would send it."""
+    now = app.clock.time()
+    jobs = running or []
+    beat = Heartbeat(
+        worker_id=worker_id, host=worker_id.split(":", 1)[0], pid=7, ppid=1, queues=["default"],
+        concurrency=4, busy=len(jobs), held=len(jobs), started_at=now - 600, at=now,
+        running=jobs, tasks=tasks or [],
+    )  # fmt: skip
+    app.results.beat(
+        WorkerBeat(
+            worker_id=worker_id,
+            at=now,
+            expires_at=now + 15,
+            body=msgspec.json.encode(beat),
+            sample=msgspec.json.encode(sample_of(beat)),
+        ),
+        keep=3600,
+    )
+    return beat
 
 
 @dataclass
@@ -123,3 +155,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def open_server(tmp_path: Path) -> Iterator[Server]:
     """A server without a token (loopback only), on a fresh SQLite file."""
     yield from run_server(build_app(f"sqlite:///{tmp_path}/jobs.db"), token=None)
+
+
+@pytest.fixture
+def periodic_server(tmp_path: Path) -> Iterator[Server]:
+    """A server whose App has three periodic tasks, on a fake clock (2023-11-14 22:13:20 UTC)."""
+    app = App(broker=f"sqlite:///{tmp_path}/jobs.db", clock=FakeClock())
+
+    @app.periodic(every=300)
+    def sweep() -> None:
+        return None
+
+    @app.periodic(cron="0 6 * * *", tz="Europe/Oslo")
+    def report() -> None:
+        return None
+
+    @app.periodic(every=3600, catch_up=60)
+    def hourly() -> None:
+        return None
+
+    yield from run_server(app)

@@ -18,10 +18,13 @@ from starlette.routing import Route
 
 from sleipnir import ConfigurationError
 from sleipnir.brokers.base import BrokerJobState
+from sleipnir.monitor import RunningJob, TaskFigures
+from sleipnir.schedule import Scheduler
+from sleipnir.testing import FakeClock
 from sleipnir.web import check_bind, create_app
 from sleipnir.web.openapi import openapi_document
 
-from .conftest import TOKEN, Server, build_app, run_server
+from .conftest import TOKEN, Server, build_app, run_server, store_beat
 
 JSON = {"content-type": "application/json"}
 
@@ -427,3 +430,132 @@ def test_the_openapi_document_lists_exactly_the_routes(server: Server) -> None:
     assert served == documented
     post_codes = set(doc["paths"]["/api/jobs"]["post"]["responses"])
     assert post_codes == {"202", "400", "401", "413", "415", "422", "503"}
+    cancel_codes = set(doc["paths"]["/api/jobs/{job_id}/cancel"]["post"]["responses"])
+    assert cancel_codes == {"202", "401", "404", "409", "415", "503"}
+    assert "cancelled" in doc["components"]["schemas"]["Job"]["properties"]["state"]["enum"]
+
+
+# -- cancel, progress, periodic and running jobs ---------------------------------------------
+
+
+def test_a_queued_job_is_cancelled_and_never_runs(server: Server) -> None:
+    job_id = server.client.post("/api/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
+    r = server.client.post(f"/api/jobs/{job_id}/cancel", headers=JSON)
+    assert (r.status_code, r.json()) == (202, {"id": job_id, "status": "cancelled"})
+    assert server.client.get(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
+    again = server.client.post(f"/api/jobs/{job_id}/cancel", json={})
+    assert again.status_code == 202  # asked again before a worker settled it: still asked
+    worker = server.work()
+    assert worker.stats.succeeded == 0
+    record = server.app.results.get(job_id)
+    assert record is not None and record.state == "cancelled"
+    late = server.client.post(f"/api/jobs/{job_id}/cancel", headers=JSON)
+    assert late.status_code == 409
+    assert late.json()["error"] == f"job {job_id} already finished (cancelled): nothing to cancel"
+
+
+def test_a_finished_job_cannot_be_cancelled_and_an_unknown_one_is_404(server: Server) -> None:
+    done = server.client.post("/api/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
+    dead = server.client.post("/api/jobs", json={"task": "refuse", "args": ["no"]}).json()["id"]
+    server.work()
+    r = server.client.post(f"/api/jobs/{done}/cancel", headers=JSON)
+    assert r.status_code == 409 and "already finished (succeeded)" in r.json()["error"]
+    r = server.client.post(f"/api/jobs/{dead}/cancel", headers=JSON)
+    assert r.status_code == 409 and "already finished (failed)" in r.json()["error"]
+    assert server.client.get(f"/api/jobs/{done}").json()["state"] == "succeeded"
+    unknown = server.client.post("/api/jobs/06H3FZZYDFRSNXZGX8W83BEWRR/cancel", headers=JSON)
+    assert unknown.status_code == 404 and "no job" in unknown.json()["error"]
+
+
+def test_cancel_needs_the_token_json_and_a_same_site_request(server: Server) -> None:
+    job_id = server.client.post("/api/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
+    path = f"/api/jobs/{job_id}/cancel"
+    assert server.anonymous().post(path, headers=JSON).status_code == 401
+    assert server.client.post(path, data={"x": "1"}).status_code == 415  # a form: refused
+    cross = server.client.post(path, headers={**JSON, "Origin": "https://evil.example"})
+    assert cross.status_code == 403
+    assert server.client.get(f"/api/jobs/{job_id}").json()["state"] == "queued"
+
+
+def test_a_job_shows_the_progress_it_reported(server: Server) -> None:
+    job_id = server.client.post("/api/jobs", json={"task": "add", "args": [1, 2]}).json()["id"]
+    assert server.client.get(f"/api/jobs/{job_id}").json()["progress"] is None
+    now = server.app.clock.time()
+    server.app.results.set_key(f"progress:{job_id}", b"[40,100]", now + 60)
+    job = server.client.get(f"/api/jobs/{job_id}").json()
+    assert job["progress"] == {"done": 40, "total": 100}
+
+
+def test_workers_name_the_jobs_they_run_with_their_progress(server: Server) -> None:
+    now = server.app.clock.time()
+    store_beat(
+        server.app,
+        running=[
+            RunningJob(id="J1", task="add", queue="default", attempt=1, started_at=now - 30),
+            RunningJob(id="J2", task="echo", queue="default", attempt=3, started_at=now - 2),
+        ],
+    )
+    server.app.results.set_key("progress:J1", b"[3,4]", now + 60)
+    [worker] = server.client.get("/api/workers").json()["workers"]
+    assert worker["worker_id"] == "host-b:7:abcdef" and worker["busy"] == 2
+    one, two = worker["running"]
+    assert (one["id"], one["task"], one["attempt"]) == ("J1", "add", 1)
+    assert one["progress"] == {"done": 3, "total": 4}
+    assert 29 <= one["running_for"] <= 60
+    assert (two["id"], two["attempt"], two["progress"]) == ("J2", 3, None)
+
+
+def test_cancelled_jobs_are_counted_per_task_and_exported(server: Server) -> None:
+    store_beat(server.app, tasks=[TaskFigures(task="add", queue="default", succeeded=5,
+                                              cancelled=2)])  # fmt: skip
+    tasks = {t["task"]: t for t in server.client.get("/api/tasks").json()["tasks"]}
+    assert (tasks["add"]["succeeded"], tasks["add"]["cancelled"]) == (5, 2)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(server.client.get("/metrics").text)
+        for s in family.samples
+    }
+    key = (("queue", "default"), ("task", "add"), ("worker", "host-b:7:abcdef"))
+    assert samples[("sleipnir_jobs_cancelled_total", key)] == 2
+    assert samples[("sleipnir_jobs_succeeded_total", key)] == 5
+
+
+def test_schedules_say_when_they_run_next_and_who_fired_the_last_tick(
+    periodic_server: Server,
+) -> None:
+    def schedules() -> dict[str, dict[str, Any]]:
+        rows = periodic_server.client.get("/api/schedules").json()["schedules"]
+        return {s["task"]: s for s in rows}
+
+    before = schedules()
+    assert list(before) == ["hourly", "report", "sweep"]
+    assert before["sweep"] == {
+        "task": "sweep",
+        "queue": "default",
+        "schedule": "every 300s",
+        "catch_up": 300.0,
+        "next_run_at": 1_700_000_100.0,
+        "next_run_in": 100.0,
+        "last_tick_at": 1_699_999_800.0,
+        "last_tick": "pending",
+        "fired_by": None,
+    }
+    report = before["report"]
+    assert report["schedule"] == "cron '0 6 * * *' (Europe/Oslo)"
+    assert report["next_run_at"] == 1_700_024_400.0  # 2023-11-15 05:00 UTC
+    assert report["last_tick"] == "expired"  # a day-old tick: its claim is no longer kept
+
+    assert len(Scheduler(periodic_server.app, owner="host-a:4242").run_pending()) == 1
+    fired = schedules()["sweep"]
+    assert (fired["last_tick"], fired["fired_by"]) == ("fired", "host-a:4242")
+
+    clock = periodic_server.app.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(3000)  # 23:03:20, and no scheduler ran: the 23:00 tick is past its window
+    after = schedules()
+    assert (after["hourly"]["last_tick_at"], after["hourly"]["last_tick"]) == (
+        1_700_002_800.0, "missed"
+    )  # fmt: skip
+    assert (after["sweep"]["last_tick_at"], after["sweep"]["last_tick"]) == (
+        1_700_002_800.0, "pending"
+    )  # fmt: skip

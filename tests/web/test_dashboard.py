@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from sleipnir.cli import main
-from sleipnir.monitor import Heartbeat, HostFigures, sample_of
+from sleipnir.monitor import Heartbeat, HostFigures, RunningJob, TaskFigures, sample_of
 from sleipnir.results import WorkerBeat
 from sleipnir.web.state import job_created_at
 from sleipnir.web.svg import line_chart
 
-from .conftest import Server
+from .conftest import Server, store_beat
 
 
 def csrf_of(html: str) -> str:
@@ -195,3 +195,120 @@ def test_a_host_with_sustained_steal_is_flagged(server: Server) -> None:
     assert 'sleipnir_host_cpu_steal_ratio{host="calm"} 0.0' in metrics
     # The overview's throughput plot comes from the same history: 10 jobs per 30 s.
     assert "<polyline" in server.client.get("/").text
+
+
+# -- periodic and running jobs, cancel ----------------------------------------------------------
+
+
+def row_of(html: str, table: str, attribute: str, value: str) -> str:
+    """The HTML of the row of ``table`` whose ``attribute`` is ``value``."""
+    body = html.split(f'<table id="{table}">', 1)[1].split("</table>", 1)[0]
+    match = re.search(rf'<tr {attribute}="{re.escape(value)}">(.*?)</tr>', body, re.S)
+    assert match is not None, f"no row {value} in the {table} table"
+    return match.group(1)
+
+
+def test_the_overview_shows_periodic_jobs_and_when_they_run(periodic_server: Server) -> None:
+    from sleipnir.schedule import Scheduler
+
+    Scheduler(periodic_server.app, owner="host-a:4242").run_pending()
+    page = periodic_server.client.get("/").text
+    assert "<h2>Periodic jobs</h2>" in page
+    sweep = row_of(page, "periodic", "data-task", "sweep")
+    assert "<code>every 300s</code>" in sweep
+    assert '2023-11-14 22:15:00 <span class="muted">in 1m 40s</span>' in sweep
+    assert "2023-11-14 22:10:00" in sweep and ">fired by host-a:4242</td>" in sweep
+    report = row_of(page, "periodic", "data-task", "report")
+    assert "cron &#39;0 6 * * *&#39; (Europe/Oslo)" in report
+    assert re.search(r'data-fired="expired" title="too old to tell[^"]*">\?</td>', report)
+
+
+def test_an_app_without_periodic_jobs_shows_no_periodic_panel(server: Server) -> None:
+    page = server.client.get("/").text
+    assert "Periodic jobs" not in page and 'id="periodic"' not in page
+    running = page.split('<table id="running">', 1)[1].split("</table>", 1)[0]
+    assert "no job running" in running
+
+
+def test_running_jobs_show_progress_and_are_cancelled_from_the_overview(server: Server) -> None:
+    now = server.app.clock.time()
+    ids = [
+        server.client.post("/api/jobs", json={"task": "echo", "args": [i]}).json()["id"]
+        for i in range(2)
+    ]
+    store_beat(
+        server.app,
+        running=[
+            RunningJob(id=ids[0], task="echo", queue="default", attempt=1, started_at=now - 250),
+            RunningJob(id=ids[1], task="echo", queue="default", attempt=2, started_at=now - 5),
+        ],
+        tasks=[TaskFigures(task="echo", queue="default", succeeded=7, cancelled=3)],
+    )
+    server.app.results.set_key(f"progress:{ids[0]}", b"[40,100]", now + 60)
+    page = server.client.get("/").text
+    first = row_of(page, "running", "data-job", ids[0])
+    assert '<progress max="100" value="40.0"></progress>' in first
+    assert "<span data-progress>40/100 (40%)</span>" in first and "4m 10s" in first
+    second = row_of(page, "running", "data-job", ids[1])
+    assert "<progress" not in second and "<span data-progress>-</span>" in second
+    assert re.search(r"<td>echo</td><td>default</td><td class=\"num\">7</td>.*?"
+                     r"<td class=\"num\">3</td>", page, re.S)  # fmt: skip
+
+    csrf = csrf_of(page)
+    path = f"/jobs/{ids[0]}/cancel"
+    assert server.client.post(path, data={"next": "/"}).status_code == 403  # no CSRF token
+    assert server.app.status(ids[0]) == "queued"
+    r = server.client.post(path, data={"csrf": csrf, "next": "/"})
+    assert (r.status_code, r.headers["location"]) == (303, f"/?cancelled={ids[0]}")
+    assert server.app.status(ids[0]) == "cancelled"
+    assert server.app.status(ids[1]) == "queued"
+    shown = server.client.get(r.headers["location"]).text
+    assert f"cancellation of {ids[0]} asked for" in shown
+
+    server.work()  # settles the cancelled job without running it, runs the other one
+    r = server.client.post(path, data={"csrf": csrf, "next": "//evil.example/"})
+    assert (r.status_code, r.headers["location"]) == (303, f"/?finished={ids[0]}")
+    assert (
+        "had already finished: nothing to cancel" in server.client.get(r.headers["location"]).text
+    )
+    missing = server.client.post("/jobs/06H3FZZYDFRSNXZGX8W83BEWRR/cancel", data={"csrf": csrf})
+    assert missing.status_code == 404
+
+
+def test_a_job_page_shows_progress_and_cancels_the_job(server: Server) -> None:
+    job_id = server.client.post("/api/jobs", json={"task": "echo"}).json()["id"]
+    now = server.app.clock.time()
+    server.app.results.set_key(f"progress:{job_id}", b"[3,4]", now + 60)
+    page = server.client.get(f"/jobs/{job_id}").text
+    assert '<progress max="4" value="3"></progress> 3/4 (75%)' in page
+    assert f'action="/jobs/{job_id}/cancel"' in page
+    r = server.client.post(
+        f"/jobs/{job_id}/cancel",
+        data={"csrf": csrf_of(page), "next": f"/jobs/{job_id}"},
+        follow_redirects=True,
+    )
+    assert r.status_code == 200 and str(r.url).endswith(f"/jobs/{job_id}?cancelled={job_id}")
+    assert 'id="job-state">cancelled' in r.text
+    assert f'action="/jobs/{job_id}/cancel"' not in r.text  # nothing left to cancel
+
+
+def test_top_counts_cancelled_jobs_per_task(module: str) -> None:
+    import importlib
+
+    app = importlib.import_module(module).app
+    figures = TaskFigures(task="noop", queue="default", succeeded=4)
+    store_beat(app, tasks=[figures])
+
+    def top() -> dict[str, str]:
+        wide = {"COLUMNS": "160"}
+        result = CliRunner().invoke(main, ["top", module, "--once"], env=wide)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        header = next(line for line in lines if "┃ task" in line).split("┃")
+        row = next(line for line in lines if "│ noop" in line).split("│")
+        return {h.strip(): c.strip() for h, c in zip(header, row, strict=True)}
+
+    assert top()["ok"] == "4" and "cancelled" not in top()  # no room taken while there are none
+    figures.cancelled = 2
+    store_beat(app, tasks=[figures])
+    assert (top()["ok"], top()["cancelled"]) == ("4", "2")

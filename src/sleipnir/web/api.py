@@ -1,4 +1,5 @@
-"""The JSON API: enqueue jobs (202 Accepted), ask about them, see queues, workers and dead letters.
+"""The JSON API: enqueue jobs (202 Accepted), ask about them or cancel them, see queues,
+periodic jobs, workers (with the jobs they run) and dead letters.
 
 Every handler reads only the broker, result-store and monitor contracts, so the
 API answers the same on every backend. Blocking calls to the broker run on
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..brokers.base import BrokerJobState, DeadLetter, Envelope
+from ..context import read_progress
 from ..errors import (
     BrokerError,
     EncodeError,
@@ -29,6 +31,7 @@ from ..errors import (
 from ..job import decode_job, decode_value, encode_job
 from ..monitor import Heartbeat, merged_tasks, read_beats
 from ..results import JobState
+from ..views import schedule_views
 from .batcher import KeyReusedError
 from .openapi import openapi_document
 from .state import WebState, job_created_at
@@ -201,6 +204,7 @@ def job_view(web: WebState, job_id: str) -> dict[str, Any] | None:
         "error": None,
         "args": None,
         "kwargs": None,
+        "progress": _progress(web, job_id),
     }
     if record is not None and record.state is JobState.SUCCEEDED and record.value is not None:
         try:
@@ -214,6 +218,14 @@ def job_view(web: WebState, job_id: str) -> dict[str, Any] | None:
         if dead is not None:
             view.update(_body_fields(dead))
     return view
+
+
+def _progress(web: WebState, job_id: str) -> dict[str, Any] | None:
+    try:
+        found = read_progress(web.app.results, [job_id]).get(job_id)
+    except NotImplementedError:
+        return None  # this result store keeps no keys, so no progress either
+    return None if found is None else {"done": found[0], "total": found[1]}
 
 
 def _find_dead(web: WebState, job_id: str, queue: str) -> DeadLetter | None:
@@ -239,6 +251,32 @@ async def get_job(request: Request) -> Response:
     if view is None:
         raise ApiError(404, f"no job {job_id} (never enqueued here, or its record expired)")
     return json_response(view)
+
+
+def cancel_job(web: WebState, job_id: str) -> None:
+    """Ask for a job's cancellation; ApiError 404 (unknown) or 409 (already finished)."""
+    app = web.app
+    record = app.results.get(job_id)
+    info = app.broker.job_info(job_id)
+    if record is None and info is None:
+        raise ApiError(404, f"no job {job_id} (never enqueued here, or its record expired)")
+    if record is not None and record.state.finished:
+        raise ApiError(
+            409, f"job {job_id} already finished ({record.state.value}): nothing to cancel"
+        )
+    if info is not None and info.state is BrokerJobState.DEAD:
+        raise ApiError(409, f"job {job_id} already finished (failed): it is a dead letter")
+    if not app.job(job_id).cancel():
+        raise ApiError(409, f"job {job_id} finished meanwhile: nothing to cancel")
+
+
+async def post_job_cancel(request: Request) -> Response:
+    """Cancel a job: a queued job never runs, a running one is stopped; 202 once asked."""
+    web = _state(request)
+    _require_json(request)  # as every JSON POST: no cross-site form can send it
+    job_id = request.path_params["job_id"]
+    await run_in_threadpool(cancel_job, web, job_id)
+    return json_response({"id": job_id, "status": JobState.CANCELLED.value}, 202)
 
 
 def queue_views(web: WebState) -> list[dict[str, Any]]:
@@ -270,10 +308,42 @@ def worker_views(web: WebState) -> list[Heartbeat]:
     return read_beats(web.app.results)
 
 
+def workers_with_running(web: WebState) -> list[dict[str, Any]]:
+    """The live workers' latest beats, each running job with its progress (one store call)."""
+    beats = read_beats(web.app.results)
+    try:
+        progress = read_progress(web.app.results, [j.id for b in beats for j in b.running])
+    except NotImplementedError:
+        progress = {}
+    now = web.app.clock.time()
+    rows = []
+    for beat in beats:
+        row: dict[str, Any] = msgspec.to_builtins(beat)
+        row["running"] = [
+            {
+                **msgspec.to_builtins(job),
+                "running_for": max(0.0, now - job.started_at),
+                "progress": None
+                if (p := progress.get(job.id)) is None
+                else {"done": p[0], "total": p[1]},
+            }
+            for job in beat.running
+        ]
+        rows.append(row)
+    return rows
+
+
 async def get_workers(request: Request) -> Response:
-    """The live workers, from their latest heartbeats."""
-    beats = await run_in_threadpool(worker_views, _state(request))
-    return json_response({"workers": beats})
+    """The live workers, from their latest heartbeats, with the jobs they run."""
+    rows = await run_in_threadpool(workers_with_running, _state(request))
+    return json_response({"workers": rows})
+
+
+async def get_schedules(request: Request) -> Response:
+    """The periodic tasks: schedule, next run, and whether the last tick fired (and where)."""
+    web = _state(request)
+    views = await run_in_threadpool(schedule_views, web.app)
+    return json_response({"schedules": [v.as_dict() for v in views]})
 
 
 async def get_hosts(request: Request) -> Response:
@@ -300,6 +370,7 @@ async def get_tasks(request: Request) -> Response:
                 "succeeded": f.succeeded,
                 "failed": f.failed,
                 "retried": f.retried,
+                "cancelled": f.cancelled,
                 "wait_p50": f.wait.quantile(0.5),
                 "wait_p95": f.wait.quantile(0.95),
                 "run_p50": f.duration.quantile(0.5),
@@ -424,10 +495,12 @@ def routes() -> list[Route]:
     return [
         Route("/api/jobs", post_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/api/jobs/{job_id}/cancel", post_job_cancel, methods=["POST"]),
         Route("/api/queues", get_queues, methods=["GET"]),
         Route("/api/workers", get_workers, methods=["GET"]),
         Route("/api/hosts", get_hosts, methods=["GET"]),
         Route("/api/tasks", get_tasks, methods=["GET"]),
+        Route("/api/schedules", get_schedules, methods=["GET"]),
         Route("/api/dead", get_dead, methods=["GET"]),
         Route("/api/dead/retry", post_dead_retry, methods=["POST"]),
         Route("/api/dead/delete", post_dead_delete, methods=["POST"]),

@@ -1,8 +1,9 @@
 """The dashboard: server-rendered pages with SVG plots drawn here, no JavaScript needed.
 
-Pages: overview (throughput and failures over time, oldest ready job per queue),
-queues, job search and detail, dead letters (retry, delete), workers (grouped by
-host and parent process), hosts (CPU steal plotted and flagged when sustained).
+Pages: overview (throughput and failures over time, oldest ready job per queue,
+periodic jobs, running jobs with their progress and a cancel button), queues, job
+search and detail (cancel), dead letters (retry, delete), workers (grouped by host
+and parent process), hosts (CPU steal plotted and flagged when sustained).
 Like the API, it reads only the broker, result-store and monitor contracts.
 """
 
@@ -33,6 +34,7 @@ from ..monitor import (
     steal_is_sustained,
     throughput_series,
 )
+from ..views import format_progress, format_span, running_views, schedule_views
 from . import api
 from .state import WebState
 from .svg import line_chart
@@ -72,7 +74,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-_env.filters.update(when=_when, seconds=_seconds, pct=_pct)
+def _progress(progress: dict[str, Any] | None) -> str:
+    return format_progress(None if progress is None else (progress["done"], progress["total"]))
+
+
+_env.filters.update(when=_when, seconds=_seconds, pct=_pct, span=format_span, progress=_progress)
 
 
 def _state(request: Request) -> WebState:
@@ -164,6 +170,8 @@ def _overview(web: WebState) -> dict[str, Any]:
     throughput = throughput_series(history, since, now, 60.0)
     return {
         "queues": queues,
+        "schedules": schedule_views(web.app, now),
+        "running": running_views(web.app, beats, now),
         "workers": [b for b in beats if not b.stopping],
         "tasks": merged_tasks(beats),
         "totals": {k: sum(q[k] for q in queues) for k in ("ready", "scheduled", "running", "dead")},
@@ -195,7 +203,10 @@ def _monitoring(web: WebState, since: float) -> tuple[list[Heartbeat], list[Hist
 async def overview(request: Request) -> Response:
     web = _state(request)
     data = await run_in_threadpool(_overview, web)
-    return _render(web, "overview.html", page="overview", refresh=10, **data)
+    return _render(
+        web, "overview.html", page="overview", refresh=10, message=_cancel_message(request),
+        **data,
+    )  # fmt: skip
 
 
 async def queues_page(request: Request) -> Response:
@@ -248,7 +259,35 @@ async def job_page(request: Request) -> Response:
         return _render(
             web, "job.html", 404, page="jobs", job=None, query=job_id, timeline=[],
         )  # fmt: skip
-    return _render(web, "job.html", page="jobs", job=job, query=job_id, timeline=_timeline(job))
+    return _render(
+        web, "job.html", page="jobs", job=job, query=job_id, timeline=_timeline(job),
+        message=_cancel_message(request),
+    )  # fmt: skip
+
+
+def _cancel_message(request: Request) -> str | None:
+    if job_id := request.query_params.get("cancelled"):
+        return f"cancellation of {job_id} asked for; the worker stops it shortly"
+    if job_id := request.query_params.get("finished"):
+        return f"{job_id} had already finished: nothing to cancel"
+    return None
+
+
+async def cancel_job(request: Request) -> Response:
+    """Cancel a job, then send the browser back where the button was (POST, redirect, GET)."""
+    web = _state(request)
+    form = await _form(request, web)
+    job_id = request.path_params["job_id"]
+    back = (form.get_one("next") or "/").split("?", 1)[0]
+    if not back.startswith("/") or back.startswith("//"):
+        back = "/"
+    try:
+        await run_in_threadpool(api.cancel_job, web, job_id)
+    except api.ApiError as exc:
+        if exc.status != 409:
+            raise
+        return RedirectResponse(f"{back}?{urlencode({'finished': job_id})}", 303)
+    return RedirectResponse(f"{back}?{urlencode({'cancelled': job_id})}", 303)
 
 
 def _count_param(request: Request, name: str) -> int | None:
@@ -416,6 +455,7 @@ def routes() -> list[Route]:
         Route("/queues/{queue}/purge", purge_queue, methods=["POST"]),
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs/{job_id}", job_page, methods=["GET"]),
+        Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/dead", dead_page, methods=["GET"]),
         Route("/dead/{action:str}", dead_action, methods=["POST"]),
         Route("/workers", workers_page, methods=["GET"]),

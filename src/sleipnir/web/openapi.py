@@ -49,8 +49,8 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
         "info": {
             "title": "Sleipnir HTTP API",
             "version": "1",
-            "description": "Enqueue background jobs (202 Accepted) and look at queues, "
-            "workers and dead letters. Every path but /healthz needs "
+            "description": "Enqueue background jobs (202 Accepted), cancel them, and look at "
+            "queues, periodic jobs, workers and dead letters. Every path but /healthz needs "
             "`Authorization: Bearer <SLEIPNIR_API_TOKEN>` when a token is set.",
         },
         "components": {
@@ -91,6 +91,7 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                                 "retrying",
                                 "succeeded",
                                 "failed",
+                                "cancelled",
                             ]
                         },
                         "task": {"type": ["string", "null"]},
@@ -103,6 +104,45 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                         "error": {"type": ["string", "null"]},
                         "args": {"type": ["array", "null"]},
                         "kwargs": {"type": ["object", "null"]},
+                        "progress": {
+                            "oneOf": [{"$ref": "#/components/schemas/Progress"}, {"type": "null"}]
+                        },
+                    },
+                },
+                "Progress": {
+                    "type": "object",
+                    "description": "what the job last reported with ctx.progress(done, total)",
+                    "required": ["done", "total"],
+                    "properties": {
+                        "done": {"type": "number"},
+                        "total": {"type": ["number", "null"]},
+                    },
+                },
+                "Cancelled": {
+                    "type": "object",
+                    "required": ["id", "status"],
+                    "properties": {"id": {"type": "string"}, "status": {"const": "cancelled"}},
+                },
+                "Schedule": {
+                    "type": "object",
+                    "properties": {
+                        "task": {"type": "string"},
+                        "queue": {"type": "string"},
+                        "schedule": {
+                            "type": "string",
+                            "description": "`every 30s` or `cron '0 6 * * *' (Europe/Oslo)`",
+                        },
+                        "catch_up": {"type": "number"},
+                        "next_run_at": {"type": "number"},
+                        "next_run_in": {"type": "number"},
+                        "last_tick_at": {"type": "number"},
+                        "last_tick": {
+                            "enum": ["fired", "pending", "missed", "expired", "unknown"],
+                            "description": "fired; pending: due, not fired yet; missed: its "
+                            "catch-up window passed unfired; expired: too old to tell; unknown: "
+                            "the result store keeps no claimed keys",
+                        },
+                        "fired_by": {"type": ["string", "null"]},
                     },
                 },
                 "Selection": {
@@ -170,6 +210,46 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a job: a queued job never runs, a running one is stopped",
+                    "description": "Send `Content-Type: application/json` (an empty body or "
+                    "`{}`). Asking again for a job not finished yet answers 202 again.",
+                    "parameters": [job_id],
+                    "responses": {
+                        "202": _ok(
+                            "cancellation asked for; the job's state reads cancelled",
+                            {"$ref": "#/components/schemas/Cancelled"},
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("never enqueued here, or its record expired"),
+                        "409": _error("the job already finished: nothing to cancel"),
+                        "415": _error("the request is not Content-Type: application/json"),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/api/schedules": {
+                "get": {
+                    "summary": "Periodic tasks: schedule, next run, whether the last tick fired",
+                    "responses": {
+                        "200": _ok(
+                            "the periodic tasks",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "schedules": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Schedule"},
+                                    }
+                                },
+                            },
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
             "/api/queues": {
                 "get": {
                     "summary": "Counts per queue and the oldest ready job's age",
@@ -182,7 +262,7 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
             },
             "/api/workers": {
                 "get": {
-                    "summary": "Live workers, from their heartbeats",
+                    "summary": "Live workers, from their heartbeats, with the jobs they run",
                     "responses": {
                         "200": _ok("the workers", obj),
                         "401": _UNAUTHORIZED,
