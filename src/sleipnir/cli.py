@@ -523,6 +523,74 @@ def _echo_table(title: str, rows: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
+@main.command("job")
+@APP
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def job_command(app: App, job_id: str, as_json: bool) -> None:
+    """Where one job stands: state, attempt, progress, result or error."""
+    state = app.status(job_id)
+    record = app.results.get(job_id)
+    progress = app.job(job_id).progress()
+    info = app.broker.job_info(job_id) if record is None or not record.state.finished else None
+    attempt = record.attempt if record is not None else (info.attempt if info else None)
+    value = None
+    if record is not None and record.value is not None:
+        value = json.loads(record.value)
+    error = record.error if record is not None else (info.last_error if info else None)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "id": job_id,
+                    "state": state.value,
+                    "task": record.task if record is not None else None,
+                    "queue": record.queue if record is not None else (info.queue if info else None),
+                    "attempt": attempt,
+                    "progress": None if progress is None else list(progress),
+                    "result": value,
+                    "error": error,
+                    "finished_at": record.finished_at if record is not None else None,
+                }
+            )
+        )
+        return
+    click.echo(f"{job_id}  {state.value}")
+    if record is not None:
+        click.echo(f"  task      {record.task} on {record.queue}")
+    elif info is not None:
+        click.echo(f"  queue     {info.queue}")
+    if attempt is not None:
+        click.echo(f"  attempt   {attempt}")
+    if progress is not None:
+        done, total = progress
+        click.echo(f"  progress  {done:g}" + ("" if total is None else f"/{total:g}"))
+    if record is not None and record.state.finished:
+        click.echo(f"  finished  {_when(record.finished_at)} UTC")
+    if value is not None:
+        click.echo(f"  result    {json.dumps(value)[:500]}")
+    if error:
+        click.echo(f"  error     {error.split(chr(10), 1)[0]}")
+    if state.value == "unknown":
+        raise SystemExit(1)
+
+
+@main.command()
+@APP
+@click.argument("job_ids", nargs=-1, required=True)
+def cancel(app: App, job_ids: tuple[str, ...]) -> None:
+    """Cancel jobs: a queued one never runs, a running one is stopped (see docs/tasks.md)."""
+    finished = []
+    for job_id in job_ids:
+        if app.job(job_id).cancel():
+            click.echo(f"{job_id}  cancel requested")
+        else:
+            finished.append(job_id)
+            click.echo(f"{job_id}  already finished ({app.status(job_id).value}): not cancelled")
+    if finished:
+        raise SystemExit(1)
+
+
 @main.group()
 def dead() -> None:
     """Jobs that failed for good: list, retry or purge them."""

@@ -299,3 +299,39 @@ def test_queues_shows_the_running_jobs_with_their_progress(periodic_cli: CliApp)
         {"job": short_one, "task": "report", "queue": "default", "attempt": "2",
          "running for": "5s", "progress": "-"},
     ]  # fmt: skip
+
+
+def test_job_shows_state_attempt_and_result_or_error(cli: CliApp) -> None:
+    ok = cli.app.get_task("add").delay(2, 3)
+    bad = cli.app.get_task("refuse").delay("no stock")
+    queued = cli("job", "APP", ok.id)
+    assert queued.exit_code == 0, queued.output
+    assert queued.stdout.splitlines()[0] == f"{ok.id}  queued"
+    cli.work()
+    done = cli("job", "APP", ok.id, "--json")
+    assert json.loads(done.stdout) | {"finished_at": None} == {
+        "id": ok.id, "state": "succeeded", "task": "add", "queue": "default", "attempt": 1,
+        "progress": None, "result": 5, "error": None, "finished_at": None,
+    }  # fmt: skip
+    failed = cli("job", "APP", bad.id)
+    assert f"{bad.id}  failed" in failed.stdout
+    assert "error     Fail: no stock" in failed.stdout
+    unknown = cli("job", "APP", "06H0000000000000000000000")
+    assert unknown.exit_code == 1
+    assert "unknown" in unknown.stdout
+
+
+def test_cancel_stops_a_queued_job_and_refuses_a_finished_one(cli: CliApp) -> None:
+    add = cli.app.get_task("add")
+    done, queued = add.delay(1, 1), add.delay(2, 2)
+    worker_ran = cli.work()
+    assert worker_ran.stats.succeeded == 2
+    again = add.delay(3, 3)
+    result = cli("cancel", "APP", again.id)
+    assert result.exit_code == 0, result.output
+    assert "cancel requested" in result.stdout
+    assert cli.work().stats.cancelled == 1
+    assert again.status() == "cancelled"
+    refused = cli("cancel", "APP", done.id, queued.id)
+    assert refused.exit_code == 1
+    assert refused.stdout.count("already finished (succeeded)") == 2
