@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageStat
 
-from sleipnir import App
+from sleipnir import App, Context
 
 app = App.from_env()
 
@@ -57,21 +57,29 @@ def resize(name: str) -> dict[str, object]:
 
 
 @app.task(queue="demo-reports", retries=1)
-def monthly_report(month: str, seconds: float = 3.0) -> dict[str, object]:
+def monthly_report(ctx: Context, month: str, seconds: float = 3.0) -> dict[str, object]:
     """A slow job: sums up the month's uploads into ``output/report-<month>.json``.
 
     The ``seconds`` of waiting stand in for the slow queries a real report runs;
-    the point is that the web request that asked for it did not wait.
+    the point is that the web request that asked for it did not wait. It reports
+    its progress (the dashboard's "Running jobs" shows it) and stops if cancelled.
     """
     began = time.monotonic()
     uploads = sorted(UPLOADS.glob("*.*"))
     total_bytes = 0
     brightness = []
-    for path in uploads[:50]:  # a sample: the mean brightness of the first 50
+    sample = uploads[:50]  # a sample: the mean brightness of the first 50
+    steps = len(sample) + 10
+    for i, path in enumerate(sample, 1):
         total_bytes += path.stat().st_size
         with Image.open(path) as image:
             brightness.append(ImageStat.Stat(image.convert("L")).mean[0])
-    time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+        ctx.progress(i, steps)
+    left = max(0.0, seconds - (time.monotonic() - began))
+    for i in range(10):  # the "slow queries", in ten parts
+        ctx.progress(len(sample) + i, steps)
+        ctx.wait(left / 10)
+    ctx.progress(steps, steps)
     report = {
         "month": month,
         "uploads": len(uploads),
