@@ -793,6 +793,95 @@ def check_stop(facts: TimingFacts) -> list[Check]:
     return out
 
 
+# -- what the app's tasks need ----------------------------------------------------------
+
+LOCAL_RESULT_SCHEMES = ("sqlite", "memory")
+DISTRIBUTED_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "postgresql", "postgres")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFacts:
+    """What the app's tasks use that depends on the result store or on the worker."""
+
+    broker_scheme: str
+    results_scheme: str
+    results_url: str
+    shared_by: Sequence[str]
+    """Tasks whose options need state shared between hosts: "send_mail (rate_limit)"."""
+    unenforced_limits: Sequence[str]
+    """Sync tasks with a ``timeout`` and no ``ctx``: a limit the worker cannot enforce."""
+
+
+def check_tasks(facts: TaskFacts) -> list[Check]:
+    """Limits, keys and ticks shared by every host; time limits the worker can keep."""
+    out = []
+    local = facts.results_scheme in LOCAL_RESULT_SCHEMES
+    if facts.broker_scheme in DISTRIBUTED_BROKER_SCHEMES and local:
+        uses = ", ".join(facts.shared_by) if facts.shared_by else "no task option, but cancel"
+        out.append(
+            Check(
+                "shared state",
+                Status.WARN,
+                f"the broker reaches many hosts but the result store ({facts.results_url}) is "
+                "local to this one: rate and concurrency limits, unique keys, periodic ticks "
+                f"and cancel requests hold per host ({uses}); right on one host only",
+                "give every process the same results= on a shared server: "
+                'App(broker=..., results="redis://..." or "postgresql://...")',
+            )
+        )
+    else:
+        where = "the broker's server" if not local else "one file on this host"
+        out.append(
+            Check(
+                "shared state",
+                Status.PASS,
+                f"limits, keys, periodic ticks and cancel requests live in {where}",
+            )
+        )
+    if facts.unenforced_limits:
+        out.append(
+            Check(
+                "time limits",
+                Status.WARN,
+                f"not enforced for the sync tasks {', '.join(facts.unenforced_limits)}: a thread "
+                "cannot be stopped, so a run over its timeout goes on",
+                "take a ctx first parameter and call ctx.progress() or ctx.check_cancelled() "
+                "in the task's loop (it then stops at its limit), or make it async def",
+            )
+        )
+    return out
+
+
+def task_facts(app: App) -> TaskFacts:
+    """The facts :func:`check_tasks` judges, read from the app's registry (no I/O)."""
+    shared = []
+    for name, task in sorted(app.tasks.items()):
+        o = task.options
+        uses = [
+            label
+            for label, on in (
+                ("rate_limit", o.rate_limit is not None),
+                ("concurrency", o.concurrency is not None),
+                ("unique_for", o.unique_for is not None),
+                ("schedule", name in app.schedules),
+            )
+            if on
+        ]
+        if uses:
+            shared.append(f"{name} ({', '.join(uses)})")
+    return TaskFacts(
+        broker_scheme=urlsplit(app.broker_url).scheme,
+        results_scheme=urlsplit(app.results_url).scheme,
+        results_url=redact_url(app.results_url),
+        shared_by=shared,
+        unenforced_limits=sorted(
+            name
+            for name, t in app.tasks.items()
+            if t.options.timeout and not t.is_async and not t.takes_context
+        ),
+    )
+
+
 # -- gatherers -----------------------------------------------------------------------
 
 
@@ -1059,6 +1148,8 @@ def run_doctor(
     checks += broker
     checks.append(check_lease(timings))
     checks += check_stop(timings)
+    if app_given:
+        checks += check_tasks(task_facts(app))
     return checks
 
 

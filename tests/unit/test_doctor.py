@@ -26,6 +26,7 @@ from sleipnir.doctor import (
     check_sqlite,
     check_steal,
     check_stop,
+    check_tasks,
     failed,
     filesystem_type,
     read_cpu_times,
@@ -36,6 +37,7 @@ from sleipnir.doctor import (
     render_text,
     run_doctor,
     steal_percent,
+    task_facts,
 )
 
 GOOD_SYSCTL = {
@@ -505,3 +507,64 @@ def test_a_job_held_past_the_consumer_timeout_fails() -> None:
     assert by_name(check_rabbitmq(short), "rabbitmq consumer_timeout").status is Status.PASS
     long = rabbit(park_after_s=1800.0, longest_task_s=1795.0)
     assert by_name(check_rabbitmq(long), "rabbitmq consumer_timeout").status is Status.FAIL
+
+
+# -- what the tasks need ---------------------------------------------------------------------
+
+
+def test_limits_on_rabbitmq_with_a_local_result_store_warn_they_hold_per_host(
+    tmp_path: Path,
+) -> None:
+    app = App(broker="amqp://guest:guest@127.0.0.1:5672/%2F", results=f"sqlite://{tmp_path}/r.db")
+
+    @app.task(rate_limit="100/m", unique_for=60.0)
+    def call_api() -> None: ...
+
+    @app.periodic(every=60.0)
+    def sweep() -> None: ...
+
+    @app.task
+    def plain() -> None: ...
+
+    check = by_name(check_tasks(task_facts(app)), "shared state")
+    assert check.status is Status.WARN
+    assert "call_api (rate_limit, unique_for), sweep (schedule)" in check.detail
+    assert "plain" not in check.detail
+    assert "results=" in check.fix
+
+
+@pytest.mark.parametrize(
+    ("broker", "results"),
+    [("redis://127.0.0.1:6379/0", None), ("sqlite:///x.db", None),
+     ("amqp://127.0.0.1/%2F", "redis://127.0.0.1:6379/0")],
+)  # fmt: skip
+def test_a_shared_or_single_host_result_store_passes(broker: str, results: str | None) -> None:
+    app = App(broker=broker, results=results)
+
+    @app.task(concurrency=2)
+    def work() -> None: ...
+
+    assert by_name(check_tasks(task_facts(app)), "shared state").status is Status.PASS
+
+
+def test_sync_time_limits_without_a_ctx_warn_and_name_the_tasks() -> None:
+    from sleipnir import Context
+
+    app = App(broker="memory://")
+
+    @app.task(timeout=5.0)
+    def blind() -> None: ...
+
+    @app.task(timeout=5.0)
+    def polite(ctx: Context) -> None: ...
+
+    @app.task(timeout=5.0)
+    async def cancellable() -> None: ...
+
+    check = by_name(check_tasks(task_facts(app)), "time limits")
+    assert check.status is Status.WARN
+    assert "blind" in check.detail
+    assert "polite" not in check.detail and "cancellable" not in check.detail
+    del polite, cancellable
+    app.tasks.pop("blind")
+    assert [c.name for c in check_tasks(task_facts(app))] == ["shared state"]
