@@ -301,11 +301,14 @@ class JobHandle(Generic[R]):
         """The stored outcome, once the job finished (or ``None``)."""
         return self.app.results.get(self.id)
 
-    def result(self, timeout: float | None = None, poll_interval: float = 0.005) -> R:
+    def result(self, timeout: float | None = None, poll_interval: float = 0.001) -> R:
         """Wait for the job to finish and return its value.
 
-        Raises :class:`JobFailedError` when it failed for good and
-        :class:`ResultTimeoutError` when ``timeout`` seconds pass first.
+        Raises :class:`JobFailedError` when it failed for good (its subclass
+        :class:`JobCancelledError` when cancelled) and :class:`ResultTimeoutError`
+        when ``timeout`` seconds pass first. Reads the result store at once, then
+        after ``poll_interval`` seconds, each wait 1.5 times longer, at most 0.1 s:
+        a short job's result is seen within about a millisecond of being stored.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll_interval
@@ -321,7 +324,7 @@ class JobHandle(Generic[R]):
                 raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")
             left = 3600.0 if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(delay, left)))
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, 0.1)
 
     def progress(self) -> tuple[float, float | None] | None:
         """The last ``(done, total)`` the job reported with ``ctx.progress``, or ``None``."""
