@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +18,8 @@ from .app import App
 from .errors import SleipnirError
 from .job import decode_job
 from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["load_app", "main"]
 
@@ -69,47 +72,67 @@ def main(verbose: bool) -> None:
     )
 
 
+def _worker_flags(*, each: str) -> Callable[[F], F]:
+    """The options ``worker`` and ``run`` share (``run`` passes them on to each process).
+
+    ``each``: how the help text names what they apply to ("" or " each process").
+    """
+    options = [
+        click.option("-Q", "--queues", help="Comma-separated queues, served in this order."),
+        click.option(
+            "-c",
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help=f"Jobs run at once{each and ' by' + each} (threads for sync tasks).",
+        ),
+        click.option(
+            "--prefetch", type=click.IntRange(min=0), help="Jobs reserved ahead of a free slot."
+        ),
+        click.option(
+            "--lease",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Lease seconds (default: the App's).",
+        ),
+        click.option(
+            "--stop-timeout",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="Seconds running jobs get to finish after SIGTERM.",
+        ),
+        click.option(
+            "--max-jobs",
+            type=click.IntRange(min=1),
+            help=f"Recycle{each or ' the worker'} after this many jobs: it exits cleanly "
+            "(a supervisor starts a fresh process).",
+        ),
+        click.option(
+            "--max-memory-mb",
+            type=click.FloatRange(min=0, min_open=True),
+            help=f"Recycle{each or ' the worker'} once its resident memory passes this many MB.",
+        ),
+        click.option(
+            "--scheduler/--no-scheduler",
+            default=True,
+            show_default=True,
+            help="Fire the app's periodic jobs from the worker too (each tick fires once overall).",
+        ),
+    ]
+
+    def apply(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 @main.command()
 @APP
-@click.option("-Q", "--queues", help="Comma-separated queues, served in this order.")
-@click.option(
-    "-c",
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Jobs run at once (threads for sync tasks).",
-)
-@click.option("--prefetch", type=click.IntRange(min=0), help="Jobs reserved ahead of a free slot.")
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Lease seconds (default: the App's).",
-)
-@click.option(
-    "--stop-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds running jobs get to finish after SIGTERM.",
-)
+@_worker_flags(each="")
 @click.option("--burst", is_flag=True, help="Exit 0 once the queues are empty.")
-@click.option(
-    "--max-jobs",
-    type=click.IntRange(min=1),
-    help="Exit cleanly after this many jobs (a supervisor starts a fresh process).",
-)
-@click.option(
-    "--max-memory-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Stop gracefully and exit once resident memory passes this many MB.",
-)
-@click.option(
-    "--scheduler/--no-scheduler",
-    default=True,
-    show_default=True,
-    help="Fire the app's periodic jobs from this worker too (each tick fires once overall).",
-)
 @click.option("--supervisor-fd", type=int, hidden=True)
 @click.option("--name", "process_name", hidden=True)
 def worker(
@@ -163,6 +186,7 @@ def _worker_options(
     stop_timeout: float,
     max_jobs: int | None,
     max_memory_mb: float | None,
+    scheduler: bool = True,
 ) -> list[str]:
     """The ``sleipnir worker`` arguments the supervisor passes to each process."""
     args = ["-c", str(concurrency), "--stop-timeout", repr(stop_timeout)]
@@ -176,6 +200,8 @@ def _worker_options(
         args += ["--max-jobs", str(max_jobs)]
     if max_memory_mb is not None:
         args += ["--max-memory-mb", repr(max_memory_mb)]
+    if not scheduler:
+        args.append("--no-scheduler")
     return args
 
 
@@ -194,34 +220,7 @@ def _worker_options(
     type=click.IntRange(min=1),
     help="Scale up to this many while the oldest ready job waits longer than --scale-up-lag.",
 )
-@click.option("-Q", "--queues", help="Comma-separated queues, served in this order.")
-@click.option(
-    "-c",
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Jobs each process runs at once.",
-)
-@click.option("--prefetch", type=click.IntRange(min=0), help="Jobs reserved ahead of a free slot.")
-@click.option(
-    "--lease",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Lease seconds (default: the App's).",
-)
-@click.option(
-    "--stop-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds running jobs get to finish after SIGTERM.",
-)
-@click.option("--max-jobs", type=click.IntRange(min=1), help="Recycle a process after N jobs.")
-@click.option(
-    "--max-memory-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Recycle a process once its resident memory passes this many MB.",
-)
+@_worker_flags(each=" each process")
 @click.option(
     "--startsecs",
     type=click.FloatRange(min=0),
@@ -273,6 +272,7 @@ def run(
     stop_timeout: float,
     max_jobs: int | None,
     max_memory_mb: float | None,
+    scheduler: bool,
     startsecs: float,
     startretries: int,
     scale_up_lag: float,
@@ -300,7 +300,7 @@ def run(
         processes=processes,
         max_processes=max_processes,
         worker_args=_worker_options(
-            queues, concurrency, prefetch, lease, stop_timeout, max_jobs, max_memory_mb
+            queues, concurrency, prefetch, lease, stop_timeout, max_jobs, max_memory_mb, scheduler
         ),
         queues=names,
         config=ProcessConfig(

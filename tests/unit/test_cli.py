@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from sleipnir import App
+from sleipnir.cli import main
 from sleipnir.monitor import Heartbeat, RunningJob, sample_of
 from sleipnir.results import WorkerBeat
 from sleipnir.schedule import Scheduler
@@ -188,6 +189,7 @@ def test_dead_purge_asks_first_and_keeps_them_on_no(cli: CliApp) -> None:
 
 PERIODIC_MODULE = """
 from sleipnir import App
+from sleipnir.cli import main
 from sleipnir.testing import FakeClock
 
 app = App(broker="sqlite:///{db}", clock=FakeClock())  # 2023-11-14 22:13:20 UTC
@@ -335,3 +337,19 @@ def test_cancel_stops_a_queued_job_and_refuses_a_finished_one(cli: CliApp) -> No
     refused = cli("cancel", "APP", done.id, queued.id)
     assert refused.exit_code == 1
     assert refused.stdout.count("already finished (succeeded)") == 2
+
+
+def test_run_passes_the_shared_worker_options_on_to_each_process() -> None:
+    from sleipnir.cli import _worker_options
+
+    args = _worker_options("a,b", 4, 2, 12.5, 40.0, 1000, 512.0, scheduler=False)
+    assert args == [
+        "-c", "4", "--stop-timeout", "40.0", "-Q", "a,b", "--prefetch", "2", "--lease", "12.5",
+        "--max-jobs", "1000", "--max-memory-mb", "512.0", "--no-scheduler",
+    ]  # fmt: skip
+    assert "--no-scheduler" not in _worker_options(None, 8, None, None, 30.0, None, None)
+    for command in ("worker", "run"):
+        shown = CliRunner().invoke(main, [command, "--help"]).output
+        for flag in ("--queues", "--concurrency", "--prefetch", "--lease", "--stop-timeout",
+                     "--max-jobs", "--max-memory-mb", "--no-scheduler"):  # fmt: skip
+            assert flag in shown, (command, flag)
