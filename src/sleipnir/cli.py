@@ -471,16 +471,24 @@ def enqueue(
 @main.command()
 @APP
 def queues(app: App) -> None:
-    """Per queue: ready, scheduled, running and failed (dead) jobs; then the periodic
+    """Per queue: ready, scheduled, running and failed (dead) jobs, how long the oldest
+    ready job has waited and when the next scheduled one comes due; then the periodic
     jobs (next run, last tick) and the jobs the workers run now, with their progress."""
+    from .views import format_span
+
     rows = app.broker.stats()
     click.echo(
-        f"{'queue':<24}{'ready':>10}{'scheduled':>11}{'running':>9}{'failed':>8}  oldest ready"
+        f"{'queue':<24}{'ready':>10}{'scheduled':>11}{'running':>9}{'failed':>8}"
+        f"  {'oldest ready':<14}  next scheduled"
     )
     now = app.clock.time()
     for s in rows:
         age = "-" if s.oldest_ready_at is None else f"{now - s.oldest_ready_at:.1f}s ago"
-        click.echo(f"{s.queue:<24}{s.ready:>10}{s.scheduled:>11}{s.running:>9}{s.dead:>8}  {age}")
+        due = "-" if s.next_scheduled_at is None else f"in {format_span(s.next_scheduled_at - now)}"
+        click.echo(
+            f"{s.queue:<24}{s.ready:>10}{s.scheduled:>11}{s.running:>9}{s.dead:>8}"
+            f"  {age:<14}  {due}"
+        )
     if not rows:
         click.echo("(no queues yet)")
     _echo_table("periodic", _periodic_rows(app, now))

@@ -16,6 +16,7 @@ from .monitor import (
     steal_is_sustained,
     throughput_series,
 )
+from .views import format_span
 
 __all__ = ["render", "run_top"]
 
@@ -76,10 +77,12 @@ def render(app: App) -> Any:
         parts.append(Text(note, style="yellow"))
 
     queues = Table(title="queues", title_justify="left", expand=True)
-    for name in ("queue", "ready", "scheduled", "running", "dead", "oldest ready"):
+    for name in ("queue", "ready", "scheduled", "running", "dead", "oldest ready", "due in"):
         queues.add_column(name, justify="left" if name == "queue" else "right")
     for s in stats:
         age = None if s.oldest_ready_at is None else max(0.0, now - s.oldest_ready_at)
+        # When the next scheduled job comes due, kept short to fit 80 columns.
+        due = None if s.next_scheduled_at is None else s.next_scheduled_at - now
         queues.add_row(
             s.queue,
             str(s.ready),
@@ -87,6 +90,7 @@ def render(app: App) -> Any:
             str(s.running),
             Text(str(s.dead), style="red" if s.dead else ""),
             _seconds(age),
+            format_span(due),
         )
     parts.append(queues)
 

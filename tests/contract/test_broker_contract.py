@@ -592,6 +592,42 @@ def test_stats_oldest_ready_at_is_none_without_ready_jobs(
     assert stats_of(broker, queue).oldest_ready_at is None
 
 
+@requires_fake_clock
+def test_stats_next_scheduled_at_is_the_due_time_of_the_soonest_scheduled_job(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    now = clock.time()
+    enqueue(eta_at=now + 60)
+    enqueue(eta_at=now + 30)
+    enqueue()
+    assert stats_of(broker, queue).next_scheduled_at == now + 30
+    clock.advance(61)
+    stats = stats_of(broker, queue)
+    assert (stats.ready, stats.scheduled, stats.next_scheduled_at) == (3, 0, None)
+
+
+@requires_fake_clock
+def test_stats_next_scheduled_at_counts_a_retry_but_not_a_lease(
+    broker: Broker, enqueue: Enqueue, queue: str, clock: FakeClock
+) -> None:
+    now = clock.time()
+    enqueue()
+    enqueue()
+    first, _ = reserve_all(broker, queue, lease=LEASE)
+    assert stats_of(broker, queue).next_scheduled_at is None
+    assert broker.nack([Nack(first, now + LEASE + 15, "boom")]) == [True]
+    assert stats_of(broker, queue).next_scheduled_at == now + LEASE + 15
+
+
+def test_stats_next_scheduled_at_is_none_without_scheduled_jobs(
+    broker: Broker, enqueue: Enqueue, queue: str
+) -> None:
+    enqueue()
+    reserve_one(broker, queue)
+    enqueue()
+    assert stats_of(broker, queue).next_scheduled_at is None
+
+
 def test_purge_deletes_ready_and_scheduled_jobs_but_not_running_or_dead_ones(
     broker: Broker,
     enqueue: Enqueue,

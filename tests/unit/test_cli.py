@@ -113,6 +113,19 @@ def test_queues_shows_the_counts(cli: CliApp) -> None:
     }  # fmt: skip
 
 
+def test_queues_shows_when_the_next_scheduled_job_comes_due(cli: CliApp) -> None:
+    assert cli("enqueue", "APP", "add", "--args", "[1, 2]", "--queue", "now").exit_code == 0
+    assert cli("enqueue", "APP", "add", "--args", "[1, 2]", "--delay", "600").exit_code == 0
+    assert cli("enqueue", "APP", "add", "--args", "[3, 4]", "--delay", "900").exit_code == 0
+    out = cli("queues", "APP").stdout
+    header, *rows = out.split("\n\n", 1)[0].splitlines()
+    assert header.split()[5:] == ["oldest", "ready", "next", "scheduled"]
+    by_queue = {row.split()[0]: row for row in rows}
+    # The soonest of the two delayed jobs, 600 s away less the time the commands took.
+    assert re.search(r"  -\s+in (9m [0-5]\ds|10m 00s)$", by_queue["default"]), out
+    assert re.search(r"s ago\s+-$", by_queue["now"]), out
+
+
 def test_dead_list_shows_the_reason(cli: CliApp) -> None:
     job_id = cli("enqueue", "APP", "refuse", "--args", '["card declined"]').stdout.strip()
     cli.work()

@@ -410,6 +410,23 @@ def test_healthz_answers_without_a_token(server: Server) -> None:
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
 
 
+def test_queues_say_when_the_next_scheduled_job_comes_due(server: Server) -> None:
+    before = server.app.clock.time()
+    for delay in (900, 600):
+        r = server.client.post("/api/jobs", json={"task": "add", "args": [1, 2], "delay": delay})
+        assert r.status_code == 202
+    server.client.post("/api/jobs", json={"task": "refuse", "args": ["now"]})
+    queues = {q["queue"]: q for q in server.client.get("/api/queues").json()["queues"]}
+    after = server.app.clock.time()
+    default, mail = queues["default"], queues["mail"]
+    assert before + 600 <= default["next_scheduled_at"] <= after + 600
+    due_at = default["next_scheduled_at"]
+    assert due_at - after <= default["next_scheduled_in"] <= due_at - before
+    assert (mail["next_scheduled_at"], mail["next_scheduled_in"]) == (None, None)
+    schema = server.client.get("/api/openapi.json").json()["components"]["schemas"]["Queue"]
+    assert set(schema["properties"]) == set(default)
+
+
 def test_the_openapi_document_lists_exactly_the_routes(server: Server) -> None:
     doc = server.client.get("/api/openapi.json").json()
     assert doc == json.loads(json.dumps(openapi_document(None) | {"components": doc["components"]}))

@@ -59,6 +59,20 @@ def test_every_page_renders_what_the_stores_hold(server: Server) -> None:
     assert "No dead letters that match" in server.client.get("/dead", params={"q": "zzz"}).text
 
 
+def test_the_queue_table_shows_when_the_next_scheduled_job_comes_due(server: Server) -> None:
+    server.client.post("/api/jobs", json={"task": "add", "args": [1, 2], "delay": 600})
+    server.client.post("/api/jobs", json={"task": "refuse", "args": ["now"]})
+    for page in ("/", "/queues"):
+        html = server.client.get(page).text
+        assert '<th class="num">next scheduled</th>' in html
+        assert re.search(
+            r'data-queue="default">.*?data-time="next_scheduled">in (9m [0-5]\ds|10m 00s)<',
+            html,
+            re.S,
+        ), html
+        assert re.search(r'data-queue="mail">.*?data-time="next_scheduled">-<', html, re.S), html
+
+
 def test_dead_letters_are_deleted_from_the_page(server: Server) -> None:
     for why in ("a", "b"):
         server.client.post("/api/jobs", json={"task": "refuse", "args": [why]})

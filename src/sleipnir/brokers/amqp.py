@@ -78,7 +78,8 @@ What RabbitMQ cannot tell without its management plugin, and so this backend
 does not: where a job waits (``job_info`` knows the jobs this broker object
 holds and the dead letters, ``None`` otherwise), how many jobs other workers
 run (``stats().running`` counts this process's), and how long the oldest job
-has waited (``oldest_ready_at`` is always ``None``). ``dead_letters``,
+has waited (``oldest_ready_at`` is always ``None``), and when the next delayed
+job comes due (``next_scheduled_at`` is always ``None``). ``dead_letters``,
 ``retry_dead`` and ``delete_dead`` read the dead-letter queue from its head.
 """
 

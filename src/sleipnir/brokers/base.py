@@ -130,6 +130,10 @@ class QueueStats:
     oldest_ready_at: float | None = None
     """Since when the longest-waiting ready job has been ready (its enqueue time, or the
     time it came due); ``None`` when none is ready. ``now - oldest_ready_at`` is the lag."""
+    next_scheduled_at: float | None = None
+    """When the soonest scheduled job (delayed, backing off before a retry, or held back by a
+    limit; not ready, not reserved) becomes ready; ``None`` when none is scheduled or the
+    backend cannot tell. ``next_scheduled_at - now`` is how long until it comes due."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,14 +200,16 @@ class MemoryBroker(Broker):
             for queue in sorted(self._queues):
                 entries = [e for e in self._jobs.values() if e.queue == queue]
                 ready = [e for e in entries if e.visible_at <= now]
+                scheduled = [e for e in entries if e.visible_at > now and not e.reserved]
                 out.append(
                     QueueStats(
                         queue=queue,
                         ready=len(ready),
-                        scheduled=sum(1 for e in entries if e.visible_at > now and not e.reserved),
+                        scheduled=len(scheduled),
                         running=sum(1 for e in entries if e.visible_at > now and e.reserved),
                         dead=sum(1 for d in self._dead.values() if d.queue == queue),
                         oldest_ready_at=min((e.visible_at for e in ready), default=None),
+                        next_scheduled_at=min((e.visible_at for e in scheduled), default=None),
                     )
                 )
             return out

@@ -444,12 +444,13 @@ class PostgresBroker(Broker):
             counts: dict[str, dict[str, object]] = {
                 name: {} for (name,) in conn.execute(f"SELECT name FROM {self._s}.queues")
             }
-            for queue, ready, scheduled, running, oldest in conn.execute(
+            for queue, ready, scheduled, running, oldest, next_due in conn.execute(
                 "SELECT queue,"
                 " COUNT(*) FILTER (WHERE visible_at <= %(now)s),"
                 " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token = 0),"
                 " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token != 0),"
-                " MIN(visible_at) FILTER (WHERE visible_at <= %(now)s)"
+                " MIN(visible_at) FILTER (WHERE visible_at <= %(now)s),"
+                " MIN(visible_at) FILTER (WHERE visible_at > %(now)s AND token = 0)"
                 f" FROM {self._s}.jobs GROUP BY queue",
                 {"now": now},
             ):
@@ -458,6 +459,7 @@ class PostgresBroker(Broker):
                     "scheduled": scheduled,
                     "running": running,
                     "oldest_ready_at": oldest,
+                    "next_scheduled_at": next_due,
                 }
             for queue, dead in conn.execute(
                 f"SELECT queue, COUNT(*) FROM {self._s}.dead GROUP BY queue"

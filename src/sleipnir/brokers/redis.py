@@ -335,11 +335,14 @@ class RedisBroker(Broker):
                 pipe.zrange(self._key("since", q), 0, 0, withscores=True)
                 pipe.zrange(self._key("sched", q), 0, 0, withscores=True)
                 pipe.zrange(self._key("lease", q), 0, 0, withscores=True)
+                pipe.zrangebyscore(
+                    self._key("sched", q), f"({now}", "+inf", start=0, num=1, withscores=True
+                )
             flat = pipe.execute()
         out = []
         for i, q in enumerate(queues):
-            ready, due, expired, sched, running, dead, since, first_due, first_exp = flat[
-                i * 9 : i * 9 + 9
+            ready, due, expired, sched, running, dead, since, first_due, first_exp, next_due = flat[
+                i * 10 : i * 10 + 10
             ]
             candidates = [s for (_, s) in since]
             candidates += [s for (_, s) in first_due if due]
@@ -352,6 +355,7 @@ class RedisBroker(Broker):
                     running=running,
                     dead=dead,
                     oldest_ready_at=min(candidates) if candidates else None,
+                    next_scheduled_at=next_due[0][1] if next_due else None,
                 )
             )
         return out

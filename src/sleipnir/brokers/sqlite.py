@@ -432,12 +432,13 @@ class SQLiteBroker(Broker):
         counts: dict[str, dict[str, object]] = {
             str(name): {} for (name,) in self._db.read("SELECT name FROM sleipnir_queues")
         }
-        for queue, ready, scheduled, running, oldest in self._db.read(
+        for queue, ready, scheduled, running, oldest, next_due in self._db.read(
             "SELECT queue,"
             " SUM(visible_at <= ?1),"
             " SUM(visible_at > ?1 AND token = 0),"
             " SUM(visible_at > ?1 AND token != 0),"
-            " MIN(CASE WHEN visible_at <= ?1 THEN visible_at END)"
+            " MIN(CASE WHEN visible_at <= ?1 THEN visible_at END),"
+            " MIN(CASE WHEN visible_at > ?1 AND token = 0 THEN visible_at END)"
             " FROM sleipnir_jobs GROUP BY queue",
             (now,),
         ):
@@ -446,6 +447,7 @@ class SQLiteBroker(Broker):
                 "scheduled": scheduled,
                 "running": running,
                 "oldest_ready_at": oldest,
+                "next_scheduled_at": next_due,
             }
         for queue, dead in self._db.read(
             "SELECT queue, COUNT(*) FROM sleipnir_dead GROUP BY queue"

@@ -280,7 +280,8 @@ async def post_job_cancel(request: Request) -> Response:
 
 
 def queue_views(web: WebState) -> list[dict[str, Any]]:
-    """Every queue's counts and the age of its oldest ready job."""
+    """Every queue's counts, the age of its oldest ready job and when its next scheduled
+    job comes due (``None`` where the backend cannot tell)."""
     now = web.app.clock.time()
     return [
         {
@@ -293,13 +294,18 @@ def queue_views(web: WebState) -> list[dict[str, Any]]:
             "oldest_ready_age": None
             if s.oldest_ready_at is None
             else max(0.0, now - s.oldest_ready_at),
+            "next_scheduled_at": s.next_scheduled_at,
+            "next_scheduled_in": None
+            if s.next_scheduled_at is None
+            else max(0.0, s.next_scheduled_at - now),
         }
         for s in web.stats()
     ]
 
 
 async def get_queues(request: Request) -> Response:
-    """Per queue: ready, scheduled, running and dead jobs, and the oldest ready job's age."""
+    """Per queue: ready, scheduled, running and dead jobs, the oldest ready job's age and
+    when the next scheduled job comes due."""
     return json_response({"queues": await run_in_threadpool(queue_views, _state(request))})
 
 

@@ -145,6 +145,31 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                         "fired_by": {"type": ["string", "null"]},
                     },
                 },
+                "Queue": {
+                    "type": "object",
+                    "properties": {
+                        "queue": {"type": "string"},
+                        "ready": {"type": "integer"},
+                        "scheduled": {"type": "integer"},
+                        "running": {"type": "integer"},
+                        "dead": {"type": "integer"},
+                        "oldest_ready_at": {"type": ["number", "null"]},
+                        "oldest_ready_age": {
+                            "type": ["number", "null"],
+                            "description": "seconds the oldest ready job has waited",
+                        },
+                        "next_scheduled_at": {
+                            "type": ["number", "null"],
+                            "description": "when the next scheduled job comes due (epoch "
+                            "seconds); null when none is scheduled or the backend cannot tell",
+                        },
+                        "next_scheduled_in": {
+                            "type": ["number", "null"],
+                            "minimum": 0,
+                            "description": "seconds until then (0 when already due)",
+                        },
+                    },
+                },
                 "Selection": {
                     "type": "object",
                     "additionalProperties": False,
@@ -252,9 +277,21 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
             },
             "/api/queues": {
                 "get": {
-                    "summary": "Counts per queue and the oldest ready job's age",
+                    "summary": "Counts per queue, the oldest ready job's age and when the "
+                    "next scheduled job comes due",
                     "responses": {
-                        "200": _ok("the queues", obj),
+                        "200": _ok(
+                            "the queues",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "queues": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Queue"},
+                                    }
+                                },
+                            },
+                        ),
                         "401": _UNAUTHORIZED,
                         "503": _UNAVAILABLE,
                     },
