@@ -154,6 +154,7 @@ class App:
         unique_for: float | None = None,
         rate_limit: str | None = None,
         concurrency: int | None = None,
+        isolate: bool = False,
         schedule: str | float | Schedule | None = None,
         tz: str | None = None,
         catch_up: float | None = None,
@@ -173,6 +174,7 @@ class App:
         unique_for: float | None = None,
         rate_limit: str | None = None,
         concurrency: int | None = None,
+        isolate: bool = False,
         schedule: str | float | Schedule | None = None,
         tz: str | None = None,
         catch_up: float | None = None,
@@ -190,6 +192,9 @@ class App:
         ``rate_limit="100/m"`` and ``concurrency=2`` hold across all workers on all
         hosts (kept in the result store); a job over a limit waits, scheduled,
         without using a retry.
+
+        ``isolate=True`` runs each job of a sync task in a process of its own, so its
+        ``timeout`` is enforced: the process is killed (see :mod:`sleipnir.isolated`).
         """
         if schedule is None and (tz is not None or catch_up is not None):
             raise ConfigurationError("tz= and catch_up= need a schedule=")
@@ -206,6 +211,7 @@ class App:
             unique_for=unique_for,
             rate_limit=rate_limit,
             concurrency=concurrency,
+            isolate=isolate,
         )
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -213,6 +219,11 @@ class App:
             if task_name in self.tasks and self.tasks[task_name].fn is not f:
                 raise ConfigurationError(f"a task named {task_name!r} is already registered")
             task = Task(self, f, task_name, options)
+            if options.isolate and task.is_async:
+                raise ConfigurationError(
+                    f"task {task_name}: isolate=True is for sync tasks; an async def task "
+                    "is cancelled at its timeout already"
+                )
             if when is not None:
                 try:
                     task.check_arguments((), {})

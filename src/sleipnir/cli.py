@@ -153,9 +153,11 @@ def worker(
     from .supervisor.child import WorkerMonitor
 
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    given = click.get_current_context().meta.get("sleipnir.app_spec")
     w = Worker(
         app,
         names,
+        app_spec=None if not isinstance(given, str) else given if ":" in given else f"{given}:app",
         concurrency=concurrency,
         prefetch=prefetch,
         lease=lease,

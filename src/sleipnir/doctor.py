@@ -846,7 +846,8 @@ def check_tasks(facts: TaskFacts) -> list[Check]:
                 f"not enforced for the sync tasks {', '.join(facts.unenforced_limits)}: a thread "
                 "cannot be stopped, so a run over its timeout goes on",
                 "take a ctx first parameter and call ctx.progress() or ctx.check_cancelled() "
-                "in the task's loop (it then stops at its limit), or make it async def",
+                "in the task's loop (it then stops at its limit), isolate=True (a process "
+                "of its own, killed at the limit), or make it async def",
             )
         )
     return out
@@ -877,7 +878,10 @@ def task_facts(app: App) -> TaskFacts:
         unenforced_limits=sorted(
             name
             for name, t in app.tasks.items()
-            if t.options.timeout and not t.is_async and not t.takes_context
+            if t.options.timeout
+            and not t.is_async
+            and not t.options.isolate
+            and not t.takes_context
         ),
     )
 

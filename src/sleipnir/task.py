@@ -75,6 +75,8 @@ class TaskOptions:
     ``"10/30s"``. A job over the limit waits (scheduled) without using a retry."""
     concurrency: int | None = None
     """At most this many jobs of the task running at once across all workers."""
+    isolate: bool = False
+    """Run each job in a process of its own, killed at ``timeout`` (sync tasks only)."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:

@@ -27,6 +27,7 @@ import os
 import queue as queue_module
 import random
 import signal
+import subprocess
 import threading
 import time
 import traceback
@@ -39,7 +40,16 @@ from typing import Any
 from .app import App
 from .brokers.base import Nack, Reservation, redact_url
 from .context import Context, cancel_key
-from .errors import Cancelled, DecodeError, EncodeError, Fail, Retry, SleipnirError
+from .errors import (
+    Cancelled,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    Fail,
+    Retry,
+    SleipnirError,
+)
+from .isolated import RemoteError, find_spec, kill, run_isolated
 from .job import Job, decode_job, encode_value
 from .keys import UNIQUE_HEADER
 from .monitor import (
@@ -143,6 +153,7 @@ class Worker:
         heartbeat: float | None = 5.0,
         max_jobs: int | None = None,
         scheduler: bool | None = None,
+        app_spec: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -152,6 +163,10 @@ class Worker:
         """Recycle: reserve no more than this many jobs, settle them, then return."""
         self._taken = 0
         self.app = app
+        self.app_spec = app_spec
+        """``module:attribute`` of the app, for tasks that run isolated (found if not given)."""
+        self._children: set[subprocess.Popen[bytes]] = set()
+        self._children_lock = threading.Lock()
         self.queues = (
             list(queues)
             if queues
@@ -252,6 +267,14 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (or, in burst mode, until the queues are empty). Returns 0."""
+        if any(t.options.isolate for t in self.app.tasks.values()) and not self.app_spec:
+            self.app_spec = find_spec(self.app)
+            if self.app_spec is None:
+                raise ConfigurationError(
+                    "tasks with isolate=True run in processes that import the app, but its "
+                    "module was not found: run `sleipnir worker module:app`, or give "
+                    "Worker(app, app_spec='module:app')"
+                )
         restore = self._install_signal_handlers()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="sleipnir-task"
@@ -291,6 +314,10 @@ class Worker:
             if self._heartbeat is not None:
                 self._heartbeat.stop()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._children_lock:
+                children = list(self._children)
+            for child in children:  # isolated jobs still running: their leases bring them back
+                kill(child)
             self._stop_loop()
             restore()
         log.info(
@@ -800,6 +827,9 @@ class Worker:
         self._unsettled.append(outcome)
 
     def _run_sync(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
+        if task.options.isolate:
+            self._run_isolated(held, task, job)
+            return
         try:
             if held.ctx is not None:
                 value = task.fn(held.ctx, *job.args, **job.kwargs)
@@ -809,6 +839,33 @@ class Worker:
             self._done.put(self._failure(held, task, exc))
         else:
             self._done.put(self._success(held, value))
+
+    def _run_isolated(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
+        assert self.app_spec is not None  # run() found it
+        started_procs: list[subprocess.Popen[bytes]] = []
+
+        def started(proc: subprocess.Popen[bytes]) -> None:
+            with self._children_lock:
+                self._children.add(proc)
+            started_procs.append(proc)
+
+        try:
+            body = run_isolated(
+                self.app_spec,
+                task,
+                job,
+                held.reservation.attempt,
+                held.reservation.queue,
+                cancelled=lambda: held.cancelled,
+                on_start=started,
+            )
+        except BaseException as exc:  # every failure of task code is the job's outcome
+            self._done.put(self._failure(held, task, exc))
+        else:
+            self._done.put(_Outcome(held, JobState.SUCCEEDED, self._clock.time(), value=body))
+        finally:
+            with self._children_lock:
+                self._children.difference_update(started_procs)
 
     async def _run_async(self, held: _Held, task: Task[Any, Any], job: Job) -> None:
         timeout = task.options.timeout
@@ -847,7 +904,11 @@ class Worker:
         if (
             isinstance(exc, TimeoutError)
             and options.timeout
-            and (task.is_async or (held.ctx is not None and held.ctx.timed_out))
+            and (
+                task.is_async
+                or task.options.isolate
+                or (held.ctx is not None and held.ctx.timed_out)
+            )
         ):
             error = f"TimeoutError: the job ran over its time limit of {options.timeout} s"
         else:
@@ -892,12 +953,15 @@ class Worker:
         soft = [
             t.name
             for t in self.app.tasks.values()
-            if t.options.timeout and not t.is_async and not t.takes_context
+            if t.options.timeout
+            and not t.is_async
+            and not t.options.isolate
+            and not t.takes_context
         ]
         told = [
             t.name
             for t in self.app.tasks.values()
-            if t.options.timeout and not t.is_async and t.takes_context
+            if t.options.timeout and not t.is_async and not t.options.isolate and t.takes_context
         ]
         if soft:
             log.warning(
@@ -944,6 +1008,8 @@ class Worker:
 
 def _describe(exc: BaseException) -> str:
     """The error's first line, then its traceback: what ``dead list`` and ``result()`` show."""
+    if isinstance(exc, RemoteError):
+        return exc.text  # the task's own error and traceback, from its process
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc)).rstrip()
     return f"{head}\n{tb}"

@@ -561,10 +561,14 @@ def test_sync_time_limits_without_a_ctx_warn_and_name_the_tasks() -> None:
     @app.task(timeout=5.0)
     async def cancellable() -> None: ...
 
+    @app.task(timeout=5.0, isolate=True)
+    def killable() -> None: ...
+
     check = by_name(check_tasks(task_facts(app)), "time limits")
     assert check.status is Status.WARN
     assert "blind" in check.detail
-    assert "polite" not in check.detail and "cancellable" not in check.detail
-    del polite, cancellable
+    for told in ("polite", "cancellable", "killable"):
+        assert told not in check.detail
+    del polite, cancellable, killable
     app.tasks.pop("blind")
     assert [c.name for c in check_tasks(task_facts(app))] == ["shared state"]

@@ -1,0 +1,171 @@
+"""Tasks with ``isolate=True``: each job in a process of its own, killed at its limit.
+
+The tasks live in a module written into tmp_path (the job's process imports it),
+on a SQLite file both processes open; a burst worker runs in this process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sleipnir import App, ConfigurationError, JobCancelledError, JobFailedError, Worker
+
+MODULE = """
+import os
+import time
+from pathlib import Path
+
+from sleipnir import App, Context, Fail
+
+HERE = Path(__file__).resolve().parent
+app = App(broker="sqlite:///{db}")
+
+
+@app.task(isolate=True, timeout=30.0)
+def where() -> int:
+    return os.getpid()
+
+
+@app.task(isolate=True, timeout=0.5, retries=1, backoff=0.0, max_backoff=0.0)
+def overrun(ctx: Context) -> str:
+    if ctx.attempt == 2:
+        return "second attempt"
+    (HERE / "overrun.pid").write_text(str(os.getpid()))
+    time.sleep(60)  # the work that runs over; the worker kills it at 0.5 s
+    return "never"
+
+
+@app.task(isolate=True, retries=0)
+def boom() -> None:
+    raise ValueError("bad input in the child")
+
+
+@app.task(isolate=True, retries=0)
+def refuse() -> None:
+    raise Fail("out of stock")
+
+
+@app.task(isolate=True)
+def report(ctx: Context, parts: int) -> dict:
+    for i in range(1, parts + 1):
+        ctx.progress(i, parts)
+    return {{"parts": parts, "printed": print("a line for the worker's log") is None}}
+
+
+@app.task(isolate=True)
+def forever() -> None:
+    (HERE / "forever.pid").write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def iso(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    name = f"sleipnir_iso_{uuid.uuid4().hex[:12]}"
+    (tmp_path / f"{name}.py").write_text(MODULE.format(db=tmp_path / "jobs.db"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    module.app.close()
+    sys.modules.pop(name, None)
+
+
+def drain(app: App, **options: Any) -> Worker:
+    worker = Worker(app, burst=True, concurrency=2, heartbeat=None, **options)
+    assert worker.run() == 0
+    return worker
+
+
+def gone(pid: int) -> bool:
+    """Not running (a zombie no one reaped yet runs nothing either)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_each_job_runs_in_a_process_of_its_own(iso: Any) -> None:
+    handles = [iso.where.delay() for _ in range(2)]
+    drain(iso.app)
+    pids = [h.result(timeout=1.0) for h in handles]
+    assert os.getpid() not in pids
+    assert len(set(pids)) == 2
+
+
+def test_a_run_over_its_limit_is_killed_and_retried(iso: Any, tmp_path: Path) -> None:
+    handle = iso.overrun.delay()
+    started = time.monotonic()
+    drain(iso.app)
+    assert time.monotonic() - started < 30.0  # not the 60 s the first run wanted
+    first = int((tmp_path / "overrun.pid").read_text())
+    assert gone(first)
+    drain(iso.app)
+    assert handle.result(timeout=1.0) == "second attempt"
+    record = handle.record()
+    assert record is not None and record.attempt == 2
+
+
+def test_its_error_fail_progress_and_value_come_back(iso: Any) -> None:
+    broken, refused, report = iso.boom.delay(), iso.refuse.delay(), iso.report.delay(4)
+    drain(iso.app)
+    with pytest.raises(JobFailedError, match="ValueError: bad input in the child"):
+        broken.result(timeout=1.0)
+    record = broken.record()
+    assert record is not None and record.error is not None
+    assert 'raise ValueError("bad input in the child")' in record.error  # the child's traceback
+    with pytest.raises(JobFailedError, match="Fail: out of stock"):
+        refused.result(timeout=1.0)
+    assert report.result(timeout=1.0) == {"parts": 4, "printed": True}
+    assert report.progress() == (4, 4)
+
+
+def test_cancelling_a_running_isolated_job_kills_its_process(
+    iso: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sleipnir import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CANCEL_CHECK_EVERY", 0.05)
+    handle = iso.forever.delay()
+    worker = threading.Thread(target=drain, args=(iso.app,))
+    worker.start()
+    pid_file = tmp_path / "forever.pid"
+    deadline = time.monotonic() + 30.0
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the job's process never started"
+        threading.Event().wait(0.02)
+    assert handle.cancel() is True
+    worker.join(timeout=30.0)
+    assert not worker.is_alive()
+    with pytest.raises(JobCancelledError):
+        handle.result(timeout=1.0)
+    assert gone(int(pid_file.read_text()))
+
+
+def test_isolate_is_refused_for_async_tasks() -> None:
+    app = App(broker="memory://")
+    with pytest.raises(ConfigurationError, match="isolate=True is for sync tasks"):
+
+        @app.task(isolate=True)
+        async def work() -> None: ...
+
+
+def test_a_worker_that_cannot_find_the_apps_module_says_so() -> None:
+    app = App(broker="memory://")  # defined here, in no importable module's namespace
+
+    @app.task(isolate=True)
+    def work() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="module was not found"):
+        Worker(app, burst=True, heartbeat=None).run()
