@@ -155,7 +155,8 @@ def run_isolated(
     code = proc.wait()
     if not chunks:
         raise RemoteError(
-            f"ChildProcessError: the job's process exited with status {code} without a reply"
+            f"ChildProcessError: the job's process exited with status {code} without a "
+            "reply (its error, if any, is in the worker's log)"
         )
     reply = msgspec.json.decode(b"".join(chunks), type=Reply)
     if reply.kind == "ok":
