@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import tracing
 from .brokers import broker_from_url, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
@@ -291,7 +292,18 @@ class App:
         :mod:`sleipnir.keys`): a job whose key a live claim already holds is not
         stored, and its handle is the holder's. A key held for a different call
         raises :class:`KeyReusedError` and nothing is stored.
+
+        With OpenTelemetry configured, the call is a ``send`` span whose context
+        travels in the jobs' headers (:mod:`sleipnir.tracing`).
         """
+        if jobs and tracing.active():
+            with tracing.send_span(jobs[0].task, jobs[0].queue, len(jobs)) as carrier:
+                return self._enqueue_jobs(tracing.inject(jobs, carrier), claims)
+        return self._enqueue_jobs(jobs, claims)
+
+    def _enqueue_jobs(
+        self, jobs: Sequence[Job], claims: Sequence[KeyClaim | None] | None
+    ) -> list[JobHandle[Any]]:
         envelopes = self._envelopes(jobs)  # encode (and size-check) all before storing any
         if not claims or not any(claims):
             self.broker.enqueue(envelopes)
@@ -327,8 +339,12 @@ class App:
 
     async def enqueue_jobs_async(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
         """Async form of :meth:`enqueue_jobs`."""
-        envelopes = self._envelopes(jobs)
-        await self.broker.enqueue_async(envelopes)
+        if jobs and tracing.active():
+            with tracing.send_span(jobs[0].task, jobs[0].queue, len(jobs)) as carrier:
+                jobs = tracing.inject(jobs, carrier)
+                await self.broker.enqueue_async(self._envelopes(jobs))
+        else:
+            await self.broker.enqueue_async(self._envelopes(jobs))
         return [JobHandle(self, job.id) for job in jobs]
 
     def retry_dead(self, job_ids: Sequence[str] | None = None) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue as queue_module
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from . import tracing
 from .app import App
 from .brokers.base import Nack, Reservation, redact_url
 from .context import Context, cancel_key
@@ -831,10 +833,11 @@ class Worker:
             self._run_isolated(held, task, job)
             return
         try:
-            if held.ctx is not None:
-                value = task.fn(held.ctx, *job.args, **job.kwargs)
+            if tracing.active():
+                with self._span(held, job):
+                    value = _call(held, task, job)
             else:
-                value = task.fn(*job.args, **job.kwargs)
+                value = _call(held, task, job)
         except BaseException as exc:  # every failure of task code is the job's outcome
             self._done.put(self._failure(held, task, exc))
         else:
@@ -850,15 +853,16 @@ class Worker:
             started_procs.append(proc)
 
         try:
-            body = run_isolated(
-                self.app_spec,
-                task,
-                job,
-                held.reservation.attempt,
-                held.reservation.queue,
-                cancelled=lambda: held.cancelled,
-                on_start=started,
-            )
+            with self._span(held, job) if tracing.active() else contextlib.nullcontext():
+                body = run_isolated(
+                    self.app_spec,
+                    task,
+                    job,
+                    held.reservation.attempt,
+                    held.reservation.queue,
+                    cancelled=lambda: held.cancelled,
+                    on_start=started,
+                )
         except BaseException as exc:  # every failure of task code is the job's outcome
             self._done.put(self._failure(held, task, exc))
         else:
@@ -874,15 +878,18 @@ class Worker:
             self._done.put(self._cancelled_outcome(held))
             return
         try:
-            if held.ctx is not None:
-                coro = task.fn(held.ctx, *job.args, **job.kwargs)
-            else:
-                coro = task.fn(*job.args, **job.kwargs)
-            value = await asyncio.wait_for(coro, timeout) if timeout else await coro
+            with self._span(held, job) if tracing.active() else contextlib.nullcontext():
+                coro = _call(held, task, job)
+                value = await asyncio.wait_for(coro, timeout) if timeout else await coro
         except BaseException as exc:  # see _run_sync
             self._done.put(self._failure(held, task, exc))
         else:
             self._done.put(self._success(held, value))
+
+    def _span(self, held: _Held, job: Job) -> contextlib.AbstractContextManager[None]:
+        return tracing.process_span(
+            job.task, held.reservation.queue, job.id, held.reservation.attempt, job.headers
+        )
 
     def _success(self, held: _Held, value: Any) -> _Outcome:
         try:
@@ -1013,6 +1020,13 @@ def _describe(exc: BaseException) -> str:
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc)).rstrip()
     return f"{head}\n{tb}"
+
+
+def _call(held: _Held, task: Task[Any, Any], job: Job) -> Any:
+    """Call the task's function (a coroutine for ``async def``), with its ctx if it takes one."""
+    if held.ctx is not None:
+        return task.fn(held.ctx, *job.args, **job.kwargs)
+    return task.fn(*job.args, **job.kwargs)
 
 
 def _cancel_async(held: _Held) -> None:
