@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-
-try:
-    from opentelemetry import propagate, trace
-except ImportError:  # the otel extra is not installed
-    propagate = None  # type: ignore[assignment]
-    trace = None  # type: ignore[assignment]
 
 __all__ = ["active", "inject", "process_span", "send_span"]
 
@@ -38,28 +33,32 @@ _PROPAGATED = ("traceparent", "tracestate", "baggage")
 _override: Any = None
 """A tracer provider used instead of the global one (tests set it)."""
 
-
-_MISSING = object()
 _NO_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
-_INACTIVE: tuple[type, ...] = (
-    (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
-)
+_MISSING = object()
 
 
 def _provider() -> Any:
     if _override is not None:
         return _override
+    # No SDK can have been set up without importing the API: then tracing is off, and
+    # Sleipnir never imports it (the import would add to every worker's start-up).
+    trace: Any = sys.modules.get("opentelemetry.trace")
     if trace is None:
-        return None
+        if _NO_ENV_PROVIDER:
+            return None
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            return None
     # The API's get_tracer_provider() reads os.environ on every call (a microsecond, on
-    # every delay); its global tells the same at once while no provider was set.
+    # every delay); its global says the same at once while no provider was set.
     current = getattr(trace, "_TRACER_PROVIDER", _MISSING)
     if current is None and _NO_ENV_PROVIDER:
         return None
     provider = current if current is not None and current is not _MISSING else None
     if provider is None:
         provider = trace.get_tracer_provider()
-    if isinstance(provider, _INACTIVE):
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None  # no SDK configured: spans would record nothing
     return provider
 
@@ -77,6 +76,8 @@ def send_span(task: str, queue: str, count: int) -> Iterator[dict[str, str] | No
     if provider is None:
         yield None
         return
+    from opentelemetry import propagate, trace
+
     tracer = provider.get_tracer(TRACER_NAME)
     attributes: dict[str, Any] = {
         "messaging.system": "sleipnir",
@@ -112,6 +113,8 @@ def process_span(
     if provider is None:
         yield
         return
+    from opentelemetry import propagate, trace
+
     tracer = provider.get_tracer(TRACER_NAME)
     carrier = {k: headers[k] for k in _PROPAGATED if k in headers}
     parent = propagate.extract(carrier) if carrier else None
