@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["active", "inject", "process_span", "send_span"]
+__all__ = ["active", "from_http", "inject", "process_span", "send_span"]
 
 TRACER_NAME = "sleipnir"
 _PROPAGATED = ("traceparent", "tracestate", "baggage")
@@ -96,12 +97,44 @@ def send_span(task: str, queue: str, count: int) -> Iterator[dict[str, str] | No
 
 
 def inject(jobs: Sequence[Any], carrier: Mapping[str, str] | None) -> list[Any]:
-    """``jobs`` with the trace headers added (the same jobs when there are none)."""
+    """``jobs`` with the trace headers added (the same jobs when there are none).
+
+    A job that carries a trace context of its own already (one an HTTP caller sent)
+    keeps it.
+    """
     if not carrier:
         return list(jobs)
     import msgspec
 
-    return [msgspec.structs.replace(j, headers={**j.headers, **carrier}) for j in jobs]
+    return [
+        j
+        if "traceparent" in j.headers
+        else msgspec.structs.replace(j, headers={**j.headers, **carrier})
+        for j in jobs
+    ]
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_MAX_CONTEXT_HEADER = 512
+
+
+def from_http(headers: Mapping[str, str]) -> dict[str, str]:
+    """The W3C trace context an HTTP caller sent (``traceparent``, ``tracestate``,
+    ``baggage``), for the job's headers; empty when there is no valid ``traceparent``.
+
+    Needs no OpenTelemetry here: the context is passed on as the caller sent it, so
+    the run's span (in a worker with an SDK) joins the caller's trace, whatever
+    language the caller is written in.
+    """
+    parent = headers.get("traceparent", "").strip().lower()
+    if not _TRACEPARENT.fullmatch(parent) or parent.startswith("ff"):
+        return {}
+    out = {"traceparent": parent}
+    for name in ("tracestate", "baggage"):
+        value = headers.get(name, "").strip()
+        if value and len(value) <= _MAX_CONTEXT_HEADER and value.isprintable():
+            out[name] = value
+    return out
 
 
 @contextlib.contextmanager

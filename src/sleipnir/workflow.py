@@ -270,7 +270,7 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
     expires = now + app.result_ttl
     jobs: list[Job] = []
     records: list[ResultRecord] = []
-    groups: dict[str, GroupInfo] = {}
+    groups: dict[str, tuple[GroupInfo, Job]] = {}
     for job, state, value, error in finished:
         if CHAIN_HEADER in job.headers:
             try:
@@ -282,7 +282,7 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
                 nxt, later = rest[0], rest[1:]
                 headers = {CHAIN_HEADER: msgspec.json.encode(later).decode()} if later else {}
                 result = decode_value(value) if value else None
-                jobs.append(_job_for(app, nxt, [result], headers))
+                jobs.append(_job_for(app, nxt, [result], {**_trace(job), **headers}))
             elif rest:
                 first_line = (error or state.value).split("\n", 1)[0]
                 why = f"an earlier step, job {job.id} ({job.task}), {state.value}: {first_line}"
@@ -306,8 +306,8 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
                 log.error("job %s: bad group header: %s", job.id, exc)
                 continue
             app.results.set_key(f"group:{info.id}:{info.index}", job.id.encode(), expires)
-            groups[info.id] = info
-    for info in groups.values():
+            groups[info.id] = (info, job)
+    for info, last in groups.values():
         if info.callback is None:
             continue
         marks = app.results.get_keys([f"group:{info.id}:{i}" for i in range(info.size)])
@@ -338,7 +338,7 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
             )
             continue
         values = [decode_value(r.value) if r is not None and r.value else None for r in outcomes]
-        jobs.append(_job_for(app, callback, [values], {}))
+        jobs.append(_job_for(app, callback, [values], _trace(last)))
     for job in list(jobs):
         try:
             encode_job(job, app.max_payload_bytes)
@@ -355,6 +355,11 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
     if jobs:
         claims = [KeyClaim(f"follow:{j.id}", j.id, expires) for j in jobs]
         app.enqueue_jobs(jobs, claims)
+
+
+def _trace(job: Job) -> dict[str, str]:
+    """The job's trace context: the next step stays in the trace of the chain."""
+    return {k: v for k, v in job.headers.items() if k in ("traceparent", "tracestate", "baggage")}
 
 
 def _job_for(app: App, step: Step, prepend: list[Any], headers: dict[str, str]) -> Job:

@@ -115,3 +115,49 @@ def test_the_global_provider_is_used_once_an_sdk_sets_one(monkeypatch: pytest.Mo
     assert tracing.active()
     monkeypatch.setattr(trace, "_TRACER_PROVIDER", trace.NoOpTracerProvider())
     assert not tracing.active()
+
+
+def test_a_trace_context_sent_over_http_is_the_runs_parent(
+    app: App, spans: InMemorySpanExporter
+) -> None:
+    import msgspec
+
+    @app.task
+    def work() -> None: ...
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    context = tracing.from_http({"traceparent": parent.upper(), "baggage": "tenant=7"})
+    assert context == {"traceparent": parent, "baggage": "tenant=7"}
+    job = work.build()
+    job = msgspec.structs.replace(job, headers={**job.headers, **context})
+    app.enqueue_jobs([job])  # its own context is kept, not replaced by the send span's
+    drain(app)
+    run = by_name(spans)["process work"]
+    assert run.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert run.parent.span_id == 0xB7AD6B7169203331
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "garbage", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+     "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"],
+)  # fmt: skip
+def test_a_malformed_traceparent_is_ignored(value: str) -> None:
+    assert tracing.from_http({"traceparent": value, "baggage": "x=1"}) == {}
+
+
+def test_a_chain_stays_in_one_trace(app: App, spans: InMemorySpanExporter) -> None:
+    from sleipnir import chain
+
+    @app.task
+    def inc(n: int) -> int:
+        return n + 1
+
+    with tracing._override.get_tracer("web").start_as_current_span("POST /orders") as request:
+        handle = chain(inc.s(1), inc.s(), inc.s()).delay()
+    for _ in range(3):
+        drain(app)
+    assert handle.result(timeout=1.0) == 4
+    runs = [s for s in spans.get_finished_spans() if s.name == "process inc"]
+    assert len(runs) == 3
+    assert {r.context.trace_id for r in runs} == {request.get_span_context().trace_id}

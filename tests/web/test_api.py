@@ -576,3 +576,23 @@ def test_schedules_say_when_they_run_next_and_who_fired_the_last_tick(
     assert (after["sweep"]["last_tick_at"], after["sweep"]["last_tick"]) == (
         1_700_002_800.0, "pending"
     )  # fmt: skip
+
+
+def test_a_callers_traceparent_travels_with_the_job(server: Server) -> None:
+    from sleipnir.job import decode_job
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sent = server.client.post(
+        "/api/jobs",
+        json={"task": "echo"},
+        headers={"traceparent": parent, "tracestate": "vendor=1", "baggage": "tenant=7"},
+    )
+    plain = server.client.post("/api/jobs", json={"task": "echo"}, headers={"traceparent": "bad"})
+    assert sent.status_code == plain.status_code == 202
+    reserved = {r.id: decode_job(r.body) for r in server.app.broker.reserve(["default"], 10, 30)}
+    assert reserved[sent.json()["id"]].headers == {
+        "traceparent": parent,
+        "tracestate": "vendor=1",
+        "baggage": "tenant=7",
+    }
+    assert reserved[plain.json()["id"]].headers == {}  # a malformed one is ignored

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import tracing
 from ..brokers.base import BrokerJobState, DeadLetter, Envelope
 from ..context import read_progress
 from ..errors import (
@@ -150,6 +151,9 @@ async def post_job(request: Request) -> Response:
         )
     except (InvalidArgumentsError, ValueError) as exc:
         raise ApiError(422, str(exc)) from None
+    trace_context = tracing.from_http(request.headers)
+    if trace_context:  # the run's span joins the caller's trace (sleipnir.tracing)
+        job = msgspec.structs.replace(job, headers={**job.headers, **trace_context})
 
     try:
         envelope = Envelope(
