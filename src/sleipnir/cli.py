@@ -444,6 +444,11 @@ def deploy(
 @click.option("--queue", help="Queue (default: the task's).")
 @click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the job may run.")
 @click.option("--priority", type=int, help="Higher runs first.")
+@click.option(
+    "--key",
+    help="Idempotency key: the same key and call within 24 h prints the same job's id "
+    "and stores nothing (safe to retry from scripts and cron).",
+)
 def enqueue(
     app: App,
     task: str,
@@ -452,6 +457,7 @@ def enqueue(
     queue: str | None,
     delay: float | None,
     priority: int | None,
+    key: str | None,
 ) -> None:
     """Enqueue one job of TASK and print its id."""
     try:
@@ -463,7 +469,7 @@ def enqueue(
         raise click.BadParameter("--args must be a JSON array and --kwargs a JSON object")
     try:
         handle = app.get_task(task).enqueue(
-            args, kwargs, delay=delay, priority=priority, queue=queue
+            args, kwargs, delay=delay, priority=priority, queue=queue, key=key
         )
     except SleipnirError as exc:
         raise click.ClickException(str(exc)) from exc

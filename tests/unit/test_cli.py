@@ -366,3 +366,14 @@ def test_run_passes_the_shared_worker_options_on_to_each_process() -> None:
         for flag in ("--queues", "--concurrency", "--prefetch", "--lease", "--stop-timeout",
                      "--max-jobs", "--max-memory-mb", "--no-scheduler"):  # fmt: skip
             assert flag in shown, (command, flag)
+
+
+def test_enqueue_with_a_key_prints_the_same_job_for_the_same_call(cli: CliApp) -> None:
+    first = cli("enqueue", "APP", "add", "--args", "[1, 2]", "--key", "nightly-2026-12-04")
+    again = cli("enqueue", "APP", "add", "--args", "[1, 2]", "--key", "nightly-2026-12-04")
+    assert first.exit_code == again.exit_code == 0, again.output
+    assert first.stdout == again.stdout
+    assert queue_row(cli("queues", "APP").stdout, "default")["ready"] == 1
+    other = cli("enqueue", "APP", "add", "--args", "[9, 9]", "--key", "nightly-2026-12-04")
+    assert other.exit_code != 0
+    assert "different call" in other.output
