@@ -317,16 +317,35 @@ class JobHandle(Generic[R]):
         while True:
             record = self.app.results.get(self.id)
             if record is not None and record.state.finished:
-                if record.state is JobState.SUCCEEDED:
-                    return cast(R, decode_value(record.value) if record.value else None)
-                if record.state is JobState.CANCELLED:
-                    raise JobCancelledError(self.id)
-                raise JobFailedError(self.id, (record.error or "").split("\n", 1)[0])
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")
-            left = 3600.0 if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(delay, left)))
+                return self._outcome(record)
+            time.sleep(self._next_wait(deadline, timeout, delay))
             delay = min(delay * 1.5, 0.1)
+
+    async def result_async(self, timeout: float | None = None, poll_interval: float = 0.001) -> R:
+        """Async form of :meth:`result`, for callers on an event loop (it never blocks it:
+        the store is read on a thread, and the waits are ``asyncio.sleep``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_interval
+        while True:
+            record = await asyncio.to_thread(self.app.results.get, self.id)
+            if record is not None and record.state.finished:
+                return self._outcome(record)
+            await asyncio.sleep(self._next_wait(deadline, timeout, delay))
+            delay = min(delay * 1.5, 0.1)
+
+    def _outcome(self, record: ResultRecord) -> R:
+        if record.state is JobState.SUCCEEDED:
+            return cast(R, decode_value(record.value) if record.value else None)
+        if record.state is JobState.CANCELLED:
+            raise JobCancelledError(self.id)
+        raise JobFailedError(self.id, (record.error or "").split("\n", 1)[0])
+
+    def _next_wait(self, deadline: float | None, timeout: float | None, delay: float) -> float:
+        """How long to wait before the next look; raises once ``deadline`` passed."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ResultTimeoutError(f"job {self.id} had not finished after {timeout} s")
+        left = 3600.0 if deadline is None else deadline - time.monotonic()
+        return max(0.0, min(delay, left))
 
     def progress(self) -> tuple[float, float | None] | None:
         """The last ``(done, total)`` the job reported with ``ctx.progress``, or ``None``."""

@@ -474,3 +474,39 @@ def test_app_retry_dead_keeps_the_outcome_of_a_worker_that_was_quicker_than_it(
     assert app.retry_dead([handle.id]) == [handle.id]
     assert handle.status() == "succeeded"
     assert handle.result(timeout=1.0) == "ok"
+
+
+def test_result_async_waits_on_the_event_loop_without_blocking_it(app: App) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(retries=0)
+    def broken() -> None:
+        raise ValueError("nope")
+
+    good, bad, never = add.delay(1, 2), broken.delay(), add.enqueue((0, 0), delay=3600.0)
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        beat = asyncio.create_task(ticker())
+        waiting = asyncio.create_task(good.result_async(timeout=30.0))
+        await asyncio.to_thread(drain, app)  # the worker runs while the loop keeps going
+        value = await waiting
+        with pytest.raises(JobFailedError, match="ValueError: nope"):
+            await bad.result_async(timeout=30.0)
+        with pytest.raises(ResultTimeoutError):
+            await never.result_async(timeout=0.01)
+        beat.cancel()
+        return value, ticks
+
+    value, ticks = asyncio.run(main())
+    assert value == 3
+    assert ticks > 1
