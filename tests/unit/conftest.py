@@ -105,13 +105,19 @@ class CliApp:
         return worker
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
+def cli_app(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
+    """An App module written from ``source`` (``{db}``: a SQLite file in tmp_path), for
+    the ``sleipnir`` command to load; its App is closed and forgotten afterwards."""
     name = f"sleipnir_unit_cli_{uuid.uuid4().hex}"
-    (tmp_path / f"{name}.py").write_text(CLI_MODULE.format(db=tmp_path / "j.db"))
+    (tmp_path / f"{name}.py").write_text(source.format(db=tmp_path / f"{name}.db"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield CliApp(name, CliRunner())
     module = sys.modules.pop(name, None)
     if module is not None:
         module.app.close()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
+    yield from cli_app(CLI_MODULE, tmp_path, monkeypatch)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from sleipnir.monitor import Heartbeat, RunningJob, sample_of
 from sleipnir.results import WorkerBeat
 from sleipnir.schedule import Scheduler
 
-from .conftest import CliApp
+from .conftest import CliApp, cli_app
 
 
 def queue_row(output: str, queue: str) -> dict[str, int]:
@@ -221,14 +219,7 @@ def report() -> None:
 
 @pytest.fixture
 def periodic_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
-    name = f"sleipnir_unit_cli_periodic_{uuid.uuid4().hex}"
-    (tmp_path / f"{name}.py").write_text(PERIODIC_MODULE.format(db=tmp_path / "p.db"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield CliApp(name, CliRunner())
-    module = sys.modules.pop(name, None)
-    if module is not None:
-        module.app.close()
+    yield from cli_app(PERIODIC_MODULE, tmp_path, monkeypatch)
 
 
 def section(output: str, title: str) -> list[dict[str, str]]:

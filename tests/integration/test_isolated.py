@@ -1,5 +1,8 @@
 """Tasks with ``isolate=True``: each job in a process of its own, killed at its limit.
 
+(Real processes, so here rather than with the unit tests; the tasks' sleeps are the
+work that overruns, not waits for an event.)
+
 The tasks live in a module written into tmp_path (the job's process imports it),
 on a SQLite file both processes open; a burst worker runs in this process.
 """
@@ -19,6 +22,8 @@ from typing import Any
 import pytest
 
 from sleipnir import App, ConfigurationError, JobCancelledError, JobFailedError, Worker
+
+pytestmark = pytest.mark.integration
 
 MODULE = """
 import os
