@@ -179,7 +179,7 @@ class Context:
             log.warning("job %s: could not store progress: %s", self.job_id, exc)
 
 
-def wants_context(fn: Any, parameters: Sequence[Any]) -> bool:
+def wants_context(parameters: Sequence[Any]) -> bool:
     """Whether a task function takes a :class:`Context` as its first parameter."""
     if not parameters:
         return False

@@ -140,7 +140,7 @@ class Task(Generic[P, R]):
         self.options = options
         full = inspect.signature(fn)
         parameters = list(full.parameters.values())
-        self.takes_context = wants_context(fn, parameters)
+        self.takes_context = wants_context(parameters)
         """The function's first parameter is a :class:`~sleipnir.Context` the worker passes."""
         self.signature = full.replace(parameters=parameters[1:]) if self.takes_context else full
         """The arguments callers give (without ``ctx``)."""

@@ -53,11 +53,10 @@ def _provider() -> Any:
             return None
     # The API's get_tracer_provider() reads os.environ on every call (a microsecond, on
     # every delay); its global says the same at once while no provider was set.
-    current = getattr(trace, "_TRACER_PROVIDER", _MISSING)
-    if current is None and _NO_ENV_PROVIDER:
+    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is None and _NO_ENV_PROVIDER:
         return None
-    provider = current if current is not None and current is not _MISSING else None
-    if provider is None:
+    if provider is None or provider is _MISSING:
         provider = trace.get_tracer_provider()
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
         return None  # no SDK configured: spans would record nothing

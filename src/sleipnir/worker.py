@@ -833,10 +833,7 @@ class Worker:
             self._run_isolated(held, task, job)
             return
         try:
-            if tracing.active():
-                with self._span(held, job):
-                    value = _call(held, task, job)
-            else:
+            with self._span(held, job):
                 value = _call(held, task, job)
         except BaseException as exc:  # every failure of task code is the job's outcome
             self._done.put(self._failure(held, task, exc))
@@ -853,7 +850,7 @@ class Worker:
             started_procs.append(proc)
 
         try:
-            with self._span(held, job) if tracing.active() else contextlib.nullcontext():
+            with self._span(held, job):
                 body = run_isolated(
                     self.app_spec,
                     task,
@@ -878,7 +875,7 @@ class Worker:
             self._done.put(self._cancelled_outcome(held))
             return
         try:
-            with self._span(held, job) if tracing.active() else contextlib.nullcontext():
+            with self._span(held, job):
                 coro = _call(held, task, job)
                 value = await asyncio.wait_for(coro, timeout) if timeout else await coro
         except BaseException as exc:  # see _run_sync
@@ -887,6 +884,9 @@ class Worker:
             self._done.put(self._success(held, value))
 
     def _span(self, held: _Held, job: Job) -> contextlib.AbstractContextManager[None]:
+        """The run's span (:mod:`sleipnir.tracing`); nothing to set up while tracing is off."""
+        if not tracing.active():
+            return contextlib.nullcontext()
         return tracing.process_span(
             job.task, held.reservation.queue, job.id, held.reservation.attempt, job.headers
         )
