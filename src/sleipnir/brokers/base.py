@@ -11,7 +11,8 @@ checks them):
   backend's configuration makes it; each backend's docstring says what that is).
 * ``reserve`` hands a job to exactly one caller at a time, with a lease ending
   at ``lease_until``. Each delivery raises the job's ``attempt`` by one; the
-  first delivery has attempt 1. Higher ``priority`` first, FIFO within a
+  first delivery has attempt 1. A delivery that follows a lease that ran out
+  (nobody acked, nacked or released it) also raises ``lost`` by one. Higher ``priority`` first, FIFO within a
   priority; queues are served in the order given.
 * A lease that runs out makes the job reservable again. The old reservation is
   stale from then on: ``renew``, ``ack``, ``nack`` and ``release`` with it
@@ -85,6 +86,11 @@ class Reservation:
     """The backend's handle on this one delivery (row token, stream id, delivery tag)."""
     lease_until: float
     priority: int = 0
+    lost: int = 0
+    """Earlier deliveries of this job that ended with their lease running out (the worker
+    holding it died or was cut off) instead of an ack, a nack or a release. Each of them
+    is counted in ``attempt`` too; the worker charges a job only ``attempt - lost`` tries
+    and runs a job with ``lost > 0`` apart from others until it finishes."""
 
 
 @dataclass(frozen=True, slots=True)
