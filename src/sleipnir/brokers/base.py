@@ -12,8 +12,9 @@ checks them):
 * ``reserve`` hands a job to exactly one caller at a time, with a lease ending
   at ``lease_until``. Each delivery raises the job's ``attempt`` by one; the
   first delivery has attempt 1. A delivery that follows a lease that ran out
-  (nobody acked, nacked or released it) also raises ``lost`` by one. Higher ``priority`` first, FIFO within a
-  priority; queues are served in the order given.
+  (nobody acked, nacked or released it) also raises ``lost`` by one. Higher
+  ``priority`` first, FIFO within a priority; queues are served in the order
+  given.
 * A lease that runs out makes the job reservable again. The old reservation is
   stale from then on: ``renew``, ``ack``, ``nack`` and ``release`` with it
   return ``False`` and change nothing, even after the job was handed to
