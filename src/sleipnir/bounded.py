@@ -19,8 +19,13 @@ ERROR_TEXT_LIMIT = 64 * 1024
 def cap_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     """``text`` when it has at most ``limit`` characters, else its head and tail with a note.
 
-    The result is never longer than ``limit`` (for ``limit`` >= 200).
+    The result is never longer than ``limit`` (for ``limit`` >= 200), and always valid
+    UTF-8: lone surrogates (which no store can write) are spelled as ``\\udXXX``.
     """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= limit:
         return text
     note_room = 80

@@ -18,8 +18,10 @@ into the reply. Nothing is pickled. It exits by itself when its worker dies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
+import inspect
 import os
 import select
 import signal
@@ -154,10 +156,7 @@ def run_isolated(
                 chunks.append(data)
     code = proc.wait()
     if not chunks:
-        raise RemoteError(
-            f"ChildProcessError: the job's process exited with status {code} without a "
-            "reply (its error, if any, is in the worker's log)"
-        )
+        raise RemoteError(_died(code))
     reply = msgspec.json.decode(b"".join(chunks), type=Reply)
     if reply.kind == "ok":
         return bytes(reply.value)
@@ -168,6 +167,23 @@ def run_isolated(
     if reply.kind == "cancelled":
         raise Cancelled(job.id)
     raise RemoteError(reply.reason)
+
+
+def _died(code: int) -> str:
+    """The error of a job whose process ended without a reply."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return (
+            f"Crashed: the job's process was killed by {name} (a crash in native code, the "
+            "OOM killer, or a kill from outside); the worker and its other jobs were not harmed"
+        )
+    return (
+        f"Crashed: the job's process exited with status {code} without a reply (the task "
+        "called os._exit or sys.exit, or its process failed to start; see the worker's log)"
+    )
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -221,6 +237,8 @@ def _main(spec: str, fd: int) -> int:
             value = task.fn(ctx, *request.args, **request.kwargs)
         else:
             value = task.fn(*request.args, **request.kwargs)
+        if inspect.iscoroutine(value):  # an async def task run apart: its own loop here
+            value = asyncio.run(value)
         reply = Reply("ok", msgspec.Raw(encode_value(value)))
     except Retry as exc:
         reply = Reply("retry", after=exc.after, reason=exc.reason)
@@ -229,7 +247,11 @@ def _main(spec: str, fd: int) -> int:
     except Cancelled:
         reply = Reply("cancelled")
     except BaseException as exc:  # every failure of task code is the job's outcome
-        head = f"{type(exc).__name__}: {exc}"
+        try:
+            message = str(exc)
+        except BaseException as broken:  # a hostile __str__ still gets a reply
+            message = f"<its __str__ raised {type(broken).__name__}>"
+        head = f"{type(exc).__name__}: {message}"
         tb = "".join(traceback.format_exception(exc)).rstrip()
         reply = Reply("error", reason=f"{head}\n{tb}")
     with os.fdopen(fd, "wb") as out:

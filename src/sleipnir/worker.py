@@ -12,6 +12,17 @@ What the worker guarantees:
 * a job is acked only after its outcome is stored (at least once);
 * a bad job (undecodable, unknown task, arguments that do not fit) goes to
   the dead letters with the reason, and the worker carries on;
+* every job that ran gets an outcome, even when building it fails (an
+  exception whose ``__str__`` raises, a value that cannot be encoded); error
+  text is capped (:mod:`sleipnir.bounded`);
+* a job is charged only for what it did: a delivery that ended with its lease
+  running out (``Reservation.lost``: its worker died or was cut off) uses no
+  try, whether the job was running then or only held. Such a job runs *apart*
+  until it finishes: in a process of its own when the app's module is known
+  (a crash there is that job's failure, charged and retried like any other),
+  else alone in this worker with nothing else held, so that it can never take
+  batch-mates down with it again. After ``MAX_LOST`` such deliveries it goes
+  to the dead letters;
 * a failure is retried with exponential backoff and jitter until the task's
   retries are used up, then the job fails and goes to the dead letters;
 * on stop, no new job is fetched, reserved jobs that did not start are given
@@ -33,13 +44,14 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from . import tracing
 from .app import App
+from .bounded import cap_text
 from .brokers.base import Nack, Reservation, redact_url
 from .context import Context, cancel_key
 from .errors import (
@@ -74,11 +86,13 @@ log = logging.getLogger("sleipnir.worker")
 CANCEL_CHECK_EVERY = 1.0
 """Seconds between two looks for cancel requests of the jobs a worker holds."""
 
-CRASH_ALLOWANCE = 3
-"""Deliveries beyond ``retries + 1`` tolerated for jobs whose worker died mid-run.
+MAX_LOST = 3
+"""Deliveries of one job that may end with the lease running out before it goes to the
+dead letters.
 
-A job that kills its worker every time (a segfault, the OOM killer) is never
-seen to fail; after this many extra deliveries it goes to the dead letters.
+The first may be bad luck (it was held beside a job that crashed its worker); after
+it the job runs apart, so each further one is its own doing: it killed the process
+running it (a segfault, the OOM killer), or its host kept losing the broker.
 """
 
 
@@ -112,6 +126,15 @@ class _Held:
     """An ``async def`` task's run on the worker's loop, to cancel it."""
     slot: str | None = None
     """The concurrency-limit slot this job holds while it runs."""
+    apart: bool = False
+    """Its lease ran out before (``Reservation.lost``): it runs apart from other jobs."""
+    isolated: bool = False
+    """It runs in a process of its own (``isolate=True``, or apart)."""
+
+    @property
+    def charged(self) -> int:
+        """Tries this job has used: deliveries less those that ended with a lost lease."""
+        return max(1, self.reservation.attempt - self.reservation.lost)
 
 
 @dataclass(slots=True)
@@ -201,7 +224,8 @@ class Worker:
         self._waiting: deque[_Held] = deque()
         self._quiet_until = 0.0
         self._keys_unsupported = False
-        """No reserve before this (monotonic) while jobs run: the last one came back short."""
+        self._alone: _Held | None = None
+        """A job that runs alone (see ``_set_apart``): nothing else starts or is held meanwhile."""
         self._running: dict[str, _Held] = {}
         self._done: queue_module.SimpleQueue[_Outcome] = queue_module.SimpleQueue()
         self._unsettled: list[_Outcome] = []
@@ -269,9 +293,9 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (or, in burst mode, until the queues are empty). Returns 0."""
-        if any(t.options.isolate for t in self.app.tasks.values()) and not self.app_spec:
+        if not self.app_spec:  # isolated tasks need it; jobs that run apart prefer it
             self.app_spec = find_spec(self.app)
-            if self.app_spec is None:
+            if self.app_spec is None and any(t.options.isolate for t in self.app.tasks.values()):
                 raise ConfigurationError(
                     "tasks with isolate=True run in processes that import the app, but its "
                     "module was not found: run `sleipnir worker module:app`, or give "
@@ -365,6 +389,8 @@ class Worker:
                 next_purge = time.monotonic() + 300.0
             capacity = self.concurrency + self.prefetch
             room = capacity - len(self._running) - len(self._waiting)
+            if self._alone is not None:
+                room = 0
             if self.max_jobs is not None:
                 if self._taken >= self.max_jobs and not self.held:
                     log.info("recycling after %d jobs (max_jobs)", self._taken)
@@ -400,6 +426,8 @@ class Worker:
         """After a stop: give back what did not start, let running jobs finish, settle."""
         waiting = [h.reservation for h in self._waiting]
         self._waiting.clear()
+        if self._alone is not None and self._alone.started_at is None:
+            self._alone = None
         if waiting:
             try:
                 self._broker.release(waiting)
@@ -471,6 +499,8 @@ class Worker:
                 bad.append(self._cancelled_outcome(held))
             else:
                 self._waiting.append(held)
+        if any(h.apart for h in admitted) and not self.app_spec:
+            self._set_apart()
         if bad:
             self._unsettled.extend(bad)
             self._settle()  # refused jobs settle now: their leases would otherwise run out
@@ -554,17 +584,50 @@ class Worker:
             task.check_arguments(job.args, job.kwargs)
         except SleipnirError as exc:
             return self._dead(_Held(res, job, None), str(exc))
-        held = _Held(res, job, task)
-        limit = task.options.retries + 1 + CRASH_ALLOWANCE
-        if res.attempt > limit:
+        held = _Held(res, job, task, apart=res.lost > 0)
+        if res.lost >= MAX_LOST:
             return self._dead(
                 held,
-                f"delivered {res.attempt} times without finishing (limit {limit}): "
-                "its worker died or lost the lease each time",
+                f"Crashed: its lease ran out {res.lost} times before it finished (limit "
+                f"{MAX_LOST}): the process running it died each time (a crash, the OOM "
+                "killer, SIGKILL) or lost the broker",
+            )
+        if held.apart:
+            log.warning(
+                "job %s (%s) is back after its lease ran out %d time%s (its worker died or was "
+                "cut off); it runs %s until it finishes",
+                res.id,
+                task.name,
+                res.lost,
+                "" if res.lost == 1 else "s",
+                "in a process of its own" if self.app_spec else "alone in this worker",
             )
         return held
 
+    def _set_apart(self) -> None:
+        """Run one job whose lease ran out before alone; give back every other held job.
+
+        Used when jobs cannot run in a process of their own (the app's module is not
+        known). While the chosen job waits for the running ones to end and then runs,
+        this worker holds nothing else, so if it kills the worker again, no other job's
+        lease runs out with it. The jobs given back never started: no try is used.
+        """
+        alone = self._alone
+        if alone is None:
+            alone = next((h for h in self._waiting if h.apart), None)
+            if alone is None:
+                return
+            self._alone = alone
+        back = [h for h in self._waiting if h is not alone]
+        self._waiting = deque([alone])
+        if back:
+            try:
+                self._broker.release([h.reservation for h in back])
+            except SleipnirError as exc:  # their leases bring them back, lost +1 (rare)
+                log.warning("could not give back %d jobs (%s); their leases will", len(back), exc)
+
     def _dead(self, held: _Held, reason: str) -> _Outcome:
+        reason = cap_text(reason)
         log.error(
             "job %s (%s) goes to the dead letters: %s", held.reservation.id, _name(held), reason
         )
@@ -573,35 +636,15 @@ class Worker:
     def _settle(self) -> None:
         """Store outcomes, then ack the succeeded and nack the rest, in a few round trips."""
         outcomes, self._unsettled = self._unsettled, []
-        expires_at = self._clock.time() + self.app.result_ttl
-        records = [
-            ResultRecord(
-                job_id=o.held.reservation.id,
-                state=o.state,
-                task=_name(o.held),
-                queue=o.held.reservation.queue,
-                attempt=o.held.reservation.attempt,
-                finished_at=o.finished_at,
-                expires_at=expires_at,
-                value=o.value,
-                error=o.error,
-                started_at=o.held.started_at,
-            )
-            for o in outcomes
-            # A run whose lease is known lost does not speak for the job: another
-            # worker may be running it now, and its outcome is the one to keep.
-            if not o.held.lost
-        ]
         done = (JobState.SUCCEEDED, JobState.CANCELLED)
-        acks = [o.held.reservation for o in outcomes if o.state in done]
-        nacks = [
-            Nack(o.held.reservation, o.retry_at, o.error or "")
-            for o in outcomes
-            if o.state not in done
-        ]
         try:
-            if records:
-                self._results.put(records)
+            outcomes = self._store(outcomes)
+            acks = [o.held.reservation for o in outcomes if o.state in done]
+            nacks = [
+                Nack(o.held.reservation, o.retry_at, o.error or "")
+                for o in outcomes
+                if o.state not in done
+            ]
             self._follow_up(outcomes)
             acked = self._broker.ack(acks) if acks else []
             nacked = self._broker.nack(nacks) if nacks else []
@@ -638,6 +681,55 @@ class Worker:
             log.warning(
                 "lease lost before settling, these jobs will run again: %s", ", ".join(lost)
             )
+
+    def _record(self, o: _Outcome, expires_at: float) -> ResultRecord:
+        return ResultRecord(
+            job_id=o.held.reservation.id,
+            state=o.state,
+            task=_name(o.held),
+            queue=o.held.reservation.queue,
+            attempt=o.held.reservation.attempt,
+            finished_at=o.finished_at,
+            expires_at=expires_at,
+            value=o.value,
+            error=o.error,
+            started_at=o.held.started_at,
+        )
+
+    def _store(self, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Write the outcomes' records in one call; the outcomes as stored.
+
+        A run whose lease is known lost does not speak for the job: another worker may
+        be running it now, and its outcome is the one to keep. A record the store
+        refuses for what it holds (not for a connection: that is a
+        :class:`SleipnirError`, retried by the caller) is replaced by a failure that
+        says so, which the store can take: one bad outcome never blocks the others.
+        """
+        expires_at = self._clock.time() + self.app.result_ttl
+        kept = [o for o in outcomes if not o.held.lost]
+        if not kept:
+            return outcomes
+        try:
+            self._results.put([self._record(o, expires_at) for o in kept])
+            return outcomes
+        except SleipnirError:
+            raise
+        except Exception as exc:  # a record the store cannot write: find it, replace it
+            log.error("could not store %d outcomes (%r); storing them one by one", len(kept), exc)
+        stored: dict[int, _Outcome] = {}
+        for o in kept:
+            try:
+                self._results.put([self._record(o, expires_at)])
+                continue
+            except SleipnirError:
+                raise
+            except Exception as exc:
+                error = f"StoreError: the job's outcome could not be stored ({_type_name(exc)})"
+                log.error("job %s (%s): %s", o.held.reservation.id, _name(o.held), error)
+            placeholder = _Outcome(o.held, JobState.FAILED, o.finished_at, error=error)
+            self._results.put([self._record(placeholder, expires_at)])
+            stored[id(o)] = placeholder
+        return [stored.get(id(o), o) for o in outcomes]
 
     def _follow_up(self, outcomes: Sequence[_Outcome]) -> None:
         """Enqueue the next steps of chains and the callbacks of groups (see workflow.py)."""
@@ -684,6 +776,8 @@ class Worker:
                 h.lost = True
                 log.warning("lease of job %s was lost; another worker may run it", h.reservation.id)
         self._waiting = deque(h for h in self._waiting if not h.lost)
+        if self._alone is not None and self._alone.lost and self._alone.started_at is None:
+            self._alone = None
         until = self._clock.time() + self.lease
         for h in held:
             if h.slot is not None and h.task is not None and not h.lost:
@@ -701,10 +795,14 @@ class Worker:
     def _start_waiting(self) -> None:
         later: list[tuple[_Held, float]] = []
         while self._waiting and len(self._running) < self.concurrency:
+            if self._alone is not None and self._running:
+                break  # it starts once the jobs running beside it have ended
             held = self._waiting.popleft()
             wait_until = self._take_limits(held)
             if wait_until is not None:
                 later.append((held, wait_until))
+                if held is self._alone:
+                    self._alone = None
                 continue
             held.started_at = self._clock.time()
             if held.reservation.attempt == 1 and held.job is not None:
@@ -724,12 +822,16 @@ class Worker:
                     held.reservation.attempt,
                     job.headers,
                 )
-            if task.is_async:
+            if held.apart and self.app_spec and not task.options.isolate:
+                held.isolated = True
+                assert self._pool is not None  # a crash there is this job's failure alone
+                self._pool.submit(self._run_guarded, self._run_isolated, held, task, job)
+            elif task.is_async:
                 assert self._loop is not None
                 asyncio.run_coroutine_threadsafe(self._run_async(held, task, job), self._loop)
             else:
                 assert self._pool is not None
-                self._pool.submit(self._run_sync, held, task, job)
+                self._pool.submit(self._run_guarded, self._run_sync, held, task, job)
         if later:
             self._wait_for_limits(later)
 
@@ -824,6 +926,8 @@ class Worker:
 
     def _finish(self, outcome: _Outcome) -> None:
         self._running.pop(outcome.held.reservation.id, None)
+        if outcome.held is self._alone:
+            self._alone = None
         if not self._unsettled:
             self._unsettled_since = time.monotonic()
         self._unsettled.append(outcome)
@@ -891,16 +995,64 @@ class Worker:
             job.task, held.reservation.queue, job.id, held.reservation.attempt, job.headers
         )
 
+    def _run_guarded(
+        self,
+        runner: Callable[[_Held, Task[Any, Any], Job], None],
+        held: _Held,
+        task: Task[Any, Any],
+        job: Job,
+    ) -> None:
+        """Run ``runner`` on a pool thread; whatever escapes it still gives the job an outcome.
+
+        Without this, an exception raised while the outcome is built would end on a
+        future nobody reads: the job would stay "running", its slot taken, for good.
+        """
+        try:
+            runner(held, task, job)
+        except BaseException as exc:  # nothing may leave a job without an outcome
+            self._done.put(self._placeholder(held, task, exc, "while running it"))
+
     def _success(self, held: _Held, value: Any) -> _Outcome:
         try:
             body = encode_value(value)
         except EncodeError as exc:
-            return self._dead(held, str(exc))
+            return self._dead(held, _safe_str(exc))
+        except BaseException as exc:  # e.g. a __str__ that raises while encoding
+            return self._dead(
+                held, f"EncodeError: the return value could not be encoded ({_describe(exc)})"
+            )
         return _Outcome(held, JobState.SUCCEEDED, self._clock.time(), value=body)
 
     def _failure(self, held: _Held, task: Task[Any, Any], exc: BaseException) -> _Outcome:
+        """The outcome of a run that raised ``exc``; never raises itself."""
+        try:
+            return self._judge_failure(held, task, exc)
+        except BaseException as broken:  # a hostile exception must not wedge its job
+            return self._placeholder(
+                held, task, exc, f"({type(broken).__name__} while describing it)"
+            )
+
+    def _placeholder(
+        self, held: _Held, task: Task[Any, Any], exc: BaseException, why: str
+    ) -> _Outcome:
+        """A failure whose text could not be built: stored with a placeholder, retried by policy."""
+        error = f"{_type_name(exc)}: <the error could not be described {why}>"
+        log.error("job %s (%s): %s", held.reservation.id, task.name, error)
         now = self._clock.time()
-        attempt = held.reservation.attempt
+        charged, options = held.charged, task.options
+        if charged > options.retries:
+            return _Outcome(
+                held,
+                JobState.FAILED,
+                now,
+                error=f"{error}\n(attempt {charged} of {options.retries + 1}, no retries left)",
+            )
+        delay = backoff_delay(charged, options.backoff, options.max_backoff, self.rng)
+        return _Outcome(held, JobState.RETRYING, now, error=error, retry_at=now + delay)
+
+    def _judge_failure(self, held: _Held, task: Task[Any, Any], exc: BaseException) -> _Outcome:
+        now = self._clock.time()
+        attempt = held.charged
         options = task.options
         if isinstance(exc, Cancelled) or (
             held.cancelled and isinstance(exc, asyncio.CancelledError)
@@ -914,6 +1066,7 @@ class Worker:
             and (
                 task.is_async
                 or task.options.isolate
+                or held.isolated
                 or (held.ctx is not None and held.ctx.timed_out)
             )
         ):
@@ -934,7 +1087,7 @@ class Worker:
             task.name,
             attempt,
             delay,
-            error.split("\n", 1)[0],
+            _first_line(error),
         )
         return _Outcome(held, JobState.RETRYING, now, error=error, retry_at=now + delay)
 
@@ -1014,12 +1167,41 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    """The error's first line, then its traceback: what ``dead list`` and ``result()`` show."""
+    """The error's first line, then its traceback: what ``dead list`` and ``result()`` show.
+
+    Capped (:func:`~sleipnir.bounded.cap_text`); an exception whose ``__str__``
+    raises is named with a placeholder instead.
+    """
     if isinstance(exc, RemoteError):
-        return exc.text  # the task's own error and traceback, from its process
-    head = f"{type(exc).__name__}: {exc}"
+        return cap_text(exc.text)  # the task's own error and traceback, from its process
+    head = f"{_type_name(exc)}: {_safe_str(exc)}"
     tb = "".join(traceback.format_exception(exc)).rstrip()
-    return f"{head}\n{tb}"
+    return cap_text(f"{head}\n{tb}")
+
+
+def _type_name(exc: BaseException) -> str:
+    try:
+        return str(type(exc).__name__)
+    except BaseException:  # a metaclass can make even this raise
+        return "<exception>"
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when its ``__str__`` raises (then its ``repr``)."""
+    try:
+        return str(exc)
+    except BaseException as broken:  # hostile __str__
+        why = f"<its __str__ raised {_type_name(broken)}>"
+    try:
+        return f"{why} {object.__repr__(exc)}"
+    except BaseException:
+        return why
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    """The first line of ``text``, at most ``limit`` characters: what a log line shows."""
+    line = text.split("\n", 1)[0]
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line):,} characters)"
 
 
 def _call(held: _Held, task: Task[Any, Any], job: Job) -> Any:

@@ -66,6 +66,7 @@ JOBS_MODULE = r'''
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -78,9 +79,15 @@ RELEASE = HERE / "release"
 app = App.from_env()  # SLEIPNIR_BROKER: the test's broker
 
 
+def worker_pid():
+    """The worker's pid; for a job run apart in a process of its own, its worker's."""
+    isolated = sys.argv[:1] == ["-c"]  # sleipnir.isolated's child: python -c ... SPEC FD
+    return os.getppid() if isolated else os.getpid()
+
+
 def note(token):
     """Append ``token pid`` to the ledger in one write."""
-    line = f"{token} {os.getpid()}\n".encode()
+    line = f"{token} {worker_pid()}\n".encode()
     fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -95,7 +102,7 @@ def runs_of(token):
 
 def released():
     """The release file for every run, or one for the runs of this process only."""
-    return RELEASE.exists() or HERE.joinpath(f"release-{os.getpid()}").exists()
+    return RELEASE.exists() or HERE.joinpath(f"release-{worker_pid()}").exists()
 
 
 @app.task(retries=3, backoff=0.1)

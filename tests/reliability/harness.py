@@ -80,6 +80,15 @@ def crash(job_id):
     """Note the run and end the process at once, like a segfault would."""
     note(job_id)
     os._exit(13)
+
+
+@app.task(retries=2, backoff=0.1)
+def segfault(job_id):
+    """Note the run and crash the interpreter in native code."""
+    import ctypes
+
+    note(job_id)
+    ctypes.string_at(0)
 '''
 
 
@@ -124,6 +133,8 @@ class Bench:
     module: str
     broker_url: str
     kind: str
+    results_url: str | None = None
+    """Where results live when the broker keeps none (RabbitMQ)."""
     accepted: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _app: App | None = None
@@ -136,7 +147,7 @@ class Bench:
     def app(self) -> App:
         """The test's own App on the broker (no tasks: it only enqueues and reads)."""
         if self._app is None:
-            self._app = App(broker=self.broker_url)
+            self._app = App(broker=self.broker_url, results=self.results_url)
         return self._app
 
     @property
@@ -210,6 +221,8 @@ class Bench:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLEIPNIR_")}
         env["SLEIPNIR_BROKER"] = self.broker_url
+        if self.results_url:
+            env["SLEIPNIR_RESULTS"] = self.results_url
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.dir), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -308,11 +321,11 @@ def gone(pid: int) -> bool:
         return True
 
 
-def new_bench(directory: Path, broker_url: str, kind: str) -> Bench:
+def new_bench(directory: Path, broker_url: str, kind: str, results_url: str | None = None) -> Bench:
     directory.mkdir(parents=True, exist_ok=True)
     module = f"jobs_{new_job_id().lower()}"
     (directory / f"{module}.py").write_text(JOBS_MODULE)
-    return Bench(directory, module, broker_url, kind)
+    return Bench(directory, module, broker_url, kind, results_url)
 
 
 def asdict_accounts(a: Accounts) -> dict[str, Any]:

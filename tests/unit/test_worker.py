@@ -11,7 +11,7 @@ from sleipnir import App, Fail, JobFailedError, JobState, ResultTimeoutError, Re
 from sleipnir.brokers.base import BrokerJobState, Envelope
 from sleipnir.job import new_job_id
 from sleipnir.testing import FakeClock
-from sleipnir.worker import CRASH_ALLOWANCE, backoff_delay
+from sleipnir.worker import MAX_LOST, backoff_delay
 
 from .conftest import attempt_of, drain, raw_job
 
@@ -308,13 +308,14 @@ def test_a_job_that_keeps_losing_its_worker_is_dead_lettered(app: App, clock: Fa
         runs.append(1)
 
     handle = crashes.delay()
-    for _ in range(1 + CRASH_ALLOWANCE):
-        assert app.broker.reserve(["default"], 1, lease=1.0)
+    for lost in range(MAX_LOST):
+        (res,) = app.broker.reserve(["default"], 1, lease=1.0)
+        assert (res.attempt, res.lost) == (lost + 1, lost)
         clock.advance(1.1)
     drain(app)
     assert runs == []
     assert handle.status() == "failed"
-    assert "without finishing" in app.broker.dead_letters()[0].reason
+    assert f"lease ran out {MAX_LOST} times" in app.broker.dead_letters()[0].reason
 
 
 def test_dead_letters_retried_through_the_broker_run_again(app: App) -> None:
