@@ -45,6 +45,10 @@ CAPABILITIES = {
 """Capability name -> what a backend that has it does. The one place for this mapping."""
 
 
+def _advance_past_leases(broker: Broker, clock: FakeClock, lease: float) -> None:
+    clock.advance(lease + 1)
+
+
 @dataclass(frozen=True)
 class Backend:
     """How to open one backend's broker and result store on a test's location."""
@@ -56,6 +60,9 @@ class Backend:
     capabilities: frozenset[str] = frozenset()
     cleanup: Callable[[Path], None] | None = None
     """Removes what the test created on a shared server (its namespace only)."""
+    run_out_leases: Callable[[Broker, FakeClock, float], None] = _advance_past_leases
+    """Makes every lease of ``lease`` seconds that this broker object holds run out, as
+    when the worker holding them dies: by default the fake clock moves past them."""
 
     def __post_init__(self) -> None:
         unknown = self.capabilities - CAPABILITIES.keys()
@@ -174,6 +181,17 @@ def _amqp_quorum_broker(clock: FakeClock, tmp_path: Path) -> Broker:
     return broker
 
 
+def _amqp_cut_connection(broker: Broker, clock: FakeClock, lease: float) -> None:
+    """RabbitMQ's lease is the consumer's connection: closing it under the broker object
+    hands every delivery it held back to the queue, flagged redelivered, as a worker's
+    death does. The broker's next call opens a new connection."""
+    from sleipnir.brokers.amqp import AMQPBroker
+
+    assert isinstance(broker, AMQPBroker)
+    with broker._con.lock:
+        broker._con.drop()
+
+
 def _amqp_cleanup(tmp_path: Path) -> None:
     """Delete the queues this test declared (those in its prefix's registry), no others."""
     from sleipnir.brokers.amqp import AMQPBroker
@@ -222,6 +240,7 @@ BACKENDS = [
         make_results=None,
         capabilities=frozenset({"shared_between_instances"}),
         cleanup=_amqp_cleanup,
+        run_out_leases=_amqp_cut_connection,
     ),
     Backend(
         name="amqp-quorum",
@@ -229,6 +248,7 @@ BACKENDS = [
         make_results=None,
         capabilities=frozenset({"shared_between_instances"}),
         cleanup=_amqp_cleanup,
+        run_out_leases=_amqp_cut_connection,
     ),
 ]
 
@@ -285,6 +305,12 @@ def open_broker(
 @pytest.fixture
 def broker(open_broker: Callable[[], Broker]) -> Broker:
     return open_broker()
+
+
+@pytest.fixture
+def run_out_leases(backend: Backend, clock: FakeClock) -> Callable[[Broker, float], None]:
+    """``run_out_leases(broker, lease)``: the leases ``broker`` holds run out (see Backend)."""
+    return lambda broker, lease: backend.run_out_leases(broker, clock, lease)
 
 
 @pytest.fixture

@@ -243,6 +243,115 @@ def test_renew_extends_the_lease_past_its_original_end(
     assert broker.ack([res]) == [True]
 
 
+# -- lost leases ------------------------------------------------------------------
+#
+# ``run_out_leases(broker, LEASE)`` does what a worker's death does to the leases it
+# holds, each backend its own way (the fake clock moves past them, or the consumer's
+# connection drops); see ``Backend.run_out_leases``.
+
+RunOutLeases = Callable[[Broker, float], None]
+
+
+def reserve_after_loss(broker: Broker, queue: str) -> Reservation:
+    """Reserve the one job a lost lease gave back.
+
+    A server that notices the loss itself (a dropped connection) may hand the job
+    back a moment later; a fake-clock backend has it ready at once.
+    """
+    deadline = time.monotonic() + 10
+    while not (reserved := reserve_all(broker, queue)):
+        assert time.monotonic() < deadline, "the job of the lost lease never came back"
+        broker.wait([queue], 0.05)
+    assert len(reserved) == 1, reserved
+    return reserved[0]
+
+
+def test_a_first_delivery_has_lost_0(broker: Broker, enqueue: Enqueue, queue: str) -> None:
+    enqueue()
+    assert reserve_one(broker, queue).lost == 0
+
+
+def test_a_lease_that_ran_out_is_counted_in_attempt_and_in_lost(
+    broker: Broker, enqueue: Enqueue, queue: str, run_out_leases: RunOutLeases
+) -> None:
+    [env] = enqueue()
+    assert reserve_one(broker, queue).lost == 0
+    run_out_leases(broker, LEASE)
+    again = reserve_after_loss(broker, queue)
+    assert (again.id, again.body, again.attempt, again.lost) == (env.id, env.body, 2, 1)
+
+
+def test_two_leases_that_ran_out_count_two_lost(
+    broker: Broker, enqueue: Enqueue, queue: str, run_out_leases: RunOutLeases
+) -> None:
+    [env] = enqueue()
+    reserve_one(broker, queue)
+    run_out_leases(broker, LEASE)
+    reserve_after_loss(broker, queue)
+    run_out_leases(broker, LEASE)
+    again = reserve_after_loss(broker, queue)
+    assert (again.id, again.attempt, again.lost) == (env.id, 3, 2)
+
+
+def test_only_the_lost_one_of_two_jobs_counts_a_lost_lease(
+    broker: Broker, enqueue: Enqueue, queue: str, run_out_leases: RunOutLeases
+) -> None:
+    first, second = enqueue(2)
+    held = reserve_all(broker, queue)
+    assert broker.ack([r for r in held if r.id == first.id]) == [True]
+    run_out_leases(broker, LEASE)
+    again = reserve_after_loss(broker, queue)
+    assert (again.id, again.attempt, again.lost) == (second.id, 2, 1)
+
+
+@pytest.mark.parametrize("lost", [0, 1])
+def test_a_retry_keeps_lost(
+    broker: Broker,
+    enqueue: Enqueue,
+    queue: str,
+    clock: FakeClock,
+    run_out_leases: RunOutLeases,
+    lost: int,
+) -> None:
+    [env] = enqueue()
+    res = reserve_one(broker, queue)
+    if lost:
+        run_out_leases(broker, LEASE)
+        res = reserve_after_loss(broker, queue)
+    assert broker.nack([Nack(res, clock.time(), "flaky")]) == [True]
+    clock.advance(1)  # past retry_at
+    again = reserve_one(broker, queue)
+    assert (again.id, again.attempt, again.lost) == (env.id, 2 + lost, lost)
+
+
+@pytest.mark.parametrize("lost", [0, 1])
+def test_a_release_keeps_lost(
+    broker: Broker, enqueue: Enqueue, queue: str, run_out_leases: RunOutLeases, lost: int
+) -> None:
+    [env] = enqueue()
+    res = reserve_one(broker, queue)
+    if lost:
+        run_out_leases(broker, LEASE)
+        res = reserve_after_loss(broker, queue)
+    assert broker.release([res]) == [True]
+    again = reserve_one(broker, queue)
+    assert (again.id, again.attempt, again.lost) == (env.id, 1 + lost, lost)
+
+
+def test_retry_dead_resets_lost(
+    broker: Broker, enqueue: Enqueue, queue: str, run_out_leases: RunOutLeases
+) -> None:
+    [env] = enqueue()
+    reserve_one(broker, queue)
+    run_out_leases(broker, LEASE)
+    res = reserve_after_loss(broker, queue)
+    assert res.lost == 1
+    assert broker.nack([Nack(res, None, "boom")]) == [True]
+    assert broker.retry_dead([env.id]) == [env.id]
+    again = reserve_one(broker, queue)
+    assert (again.id, again.attempt, again.lost) == (env.id, 1, 0)
+
+
 # -- ack ----------------------------------------------------------------------------
 
 

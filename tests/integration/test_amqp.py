@@ -256,6 +256,42 @@ def test_a_parked_job_whose_worker_died_runs_again_at_the_next_attempt(tmp_path:
         assert box.runs() == {"long": 2}
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_parked_job_whose_worker_died_comes_back_with_one_lost_delivery(
+    tmp_path: Path, queue_type: str
+) -> None:
+    # The parked copy runs as it is (it is not published again), so its reservation's
+    # ``lost`` is one more than its header says, and the next copy must carry that.
+    with amqp_sandbox(tmp_path, park_after="0.3", queue_type=queue_type) as box:
+        a, b = AMQPBroker(box.broker_url), AMQPBroker(box.broker_url)
+        try:
+            a.enqueue([Envelope("p1", "park", b"{}")])
+            [held] = a.reserve(["park"], 1, 30)
+            assert held.lost == 0
+            running = a.names.running("p1")
+            wait_until(
+                lambda: a.renew([held], 30) == [True] and _queue_exists(b, running),
+                10,
+                "the delivery was never parked",
+            )
+            with a._con.lock:
+                a._con.drop()  # its worker's connection closes, and its running queue with it
+            got: list[Any] = []
+            wait_until(
+                lambda: got.extend(b.reserve(["park"], 1, 30)) or got,
+                20,
+                "the parked copy never ran again",
+            )
+            assert [(r.id, r.attempt, r.lost) for r in got] == [("p1", 2, 1)]
+            assert b.release(got) == [True]
+            [again] = wait_until(lambda: b.reserve(["park"], 1, 30), 10, "never released")
+            assert (again.id, again.attempt, again.lost) == ("p1", 2, 1)
+            assert b.ack([again]) == [True]
+        finally:
+            a.close()
+            b.close()
+
+
 # -- connection loss ---------------------------------------------------------------------
 
 PROXY = r"""

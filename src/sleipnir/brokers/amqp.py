@@ -27,6 +27,8 @@ Names (``P`` is the prefix, ``q`` a Sleipnir queue, which may not contain ``:``)
 Headers of every message (``message_id`` is the job id, ``delivery_mode`` 2)::
 
     x-sleipnir-attempt    deliveries before this copy (0 when enqueued)
+    x-sleipnir-lost       of those, how many ended with their connection closing while
+                          it held the delivery (absent = 0)
     x-sleipnir-priority   the job's priority (AMQP priority = clamp(priority + 4, 0, 9))
     x-sleipnir-eta        when the job is due (epoch seconds), on delayed jobs, retries
                           and delayed releases
@@ -55,7 +57,10 @@ Guarantees and how they are kept:
   (its worker died holding it) is published again with the attempt raised and
   the old copy acked, before anyone runs it, so the count is exact on classic
   and quorum queues alike (quorum's ``x-delivery-count`` would need no header,
-  but classic queues only say "redelivered", not how often).
+  but classic queues only say "redelivered", not how often). The same new copy
+  has ``x-sleipnir-lost`` raised: that is the reservation's ``lost``. A parked
+  copy whose worker died (below) runs as it is, with its ``lost`` one more than
+  its header says; whatever copy is published of it next carries that count.
 * Retries and delays use no plugin: a job due later is published into the
   largest delay queue whose TTL fits in the time left; when it expires there it
   is dead-lettered back into the work queue, and a worker that receives it
@@ -117,6 +122,7 @@ __all__ = ["AMQPBroker", "amqp_priority"]
 log = logging.getLogger("sleipnir.brokers.amqp")
 
 H_ATTEMPT = "x-sleipnir-attempt"
+H_LOST = "x-sleipnir-lost"
 H_PRIORITY = "x-sleipnir-priority"
 H_ETA = "x-sleipnir-eta"
 H_ERROR = "x-sleipnir-error"
@@ -239,6 +245,7 @@ class AMQPBroker(Broker):
         d: _Delivery,
         *,
         attempt: int,
+        lost: int | None = None,
         eta_at: float | None = None,
         error: str | None = None,
         to: str | None = None,
@@ -249,7 +256,8 @@ class AMQPBroker(Broker):
         """Publish a new copy of a delivery (then the caller acks the old one).
 
         ``parked``: mark the copy as a parked one (True), as a plain job (False),
-        or keep what the delivery was (None).
+        or keep what the delivery was (None). ``lost``: the copy's count of lost
+        deliveries, or ``None`` to keep the delivery's.
         """
         headers = {k: v for k, v in d.headers.items() if k not in _DROPPED_HEADERS}
         if parked is not None:
@@ -257,6 +265,8 @@ class AMQPBroker(Broker):
             if parked:
                 headers[H_PARKED] = 1
         headers[H_ATTEMPT] = attempt
+        if lost is not None:
+            headers[H_LOST] = lost
         headers[H_PRIORITY] = d.priority
         if eta_at is None:
             headers.pop(H_ETA, None)
@@ -440,12 +450,15 @@ class AMQPBroker(Broker):
         """A reservation for a delivery, or ``None`` when it was moved on instead."""
         h = d.headers
         before = max(0, _int(h.get(H_ATTEMPT)))
+        lost = max(0, _int(h.get(H_LOST)))
         if h.get(H_PARKED):
             if not self._parked_copy_runs(d):
                 return None
+            lost += 1  # its worker died while it ran; the copy counted that delivery
         elif d.redelivered:
-            # Its worker died holding it: count that delivery, then serve the new copy.
-            self._move(d, attempt=before + 1, eta_at=_float(h.get(H_ETA)))
+            # Its worker died holding it: count that delivery, as a lost one too, then
+            # serve the new copy.
+            self._move(d, attempt=before + 1, lost=lost + 1, eta_at=_float(h.get(H_ETA)))
             return None
         else:
             eta = _float(h.get(H_ETA))
@@ -462,6 +475,7 @@ class AMQPBroker(Broker):
             token=_Token(self._generation, d.tag),
             lease_until=now + lease,
             priority=d.priority,
+            lost=lost,
         )
 
     def _move(self, d: _Delivery, **kw: Any) -> None:
@@ -535,17 +549,18 @@ class AMQPBroker(Broker):
                 # Real time, not the injected clock: it races RabbitMQ's own timer.
                 held_for = 0.0 if d is None else time.monotonic() - d.received_at
                 if d is not None and not d.parked and held_for >= self.options.park_after:
-                    self._park(d, res.attempt)
+                    self._park(d, res.attempt, res.lost)
             self._recycle_buffer()
         return out
 
-    def _park(self, d: _Delivery, attempt: int) -> None:
+    def _park(self, d: _Delivery, attempt: int, lost: int) -> None:
         """Hand a long-held delivery back before RabbitMQ's consumer timeout (module docstring)."""
         ch = self._con.ch
         ch.queue_declare(self.names.running(d.id), exclusive=True)
         self._republish(
             d,
             attempt=attempt,
+            lost=lost,
             to=self.names.parked(d.queue),
             parked=True,
             expiration_ms=self._park_check_ms,
@@ -600,6 +615,7 @@ class AMQPBroker(Broker):
                 self._republish(
                     d,
                     attempt=n.reservation.attempt,
+                    lost=n.reservation.lost,
                     error=n.reason,
                     to=self.names.dead(d.queue),
                     extra={H_FAILED_AT: repr(now)},
@@ -608,7 +624,12 @@ class AMQPBroker(Broker):
             else:
                 eta = n.retry_at if n.retry_at > now else None
                 self._republish(
-                    d, attempt=n.reservation.attempt, eta_at=eta, error=n.reason, parked=False
+                    d,
+                    attempt=n.reservation.attempt,
+                    lost=n.reservation.lost,
+                    eta_at=eta,
+                    error=n.reason,
+                    parked=False,
                 )
             self._done(d)
 
@@ -623,8 +644,9 @@ class AMQPBroker(Broker):
         def act(d: _Delivery, i: int) -> None:
             # The new copy's header counts the deliveries before this one: this one is not
             # counted. A later ``ready_at`` sends it through the delay queues, like a retry.
-            before = reservations[i].attempt - 1
-            self._republish(d, attempt=max(0, before), eta_at=eta, parked=False)
+            res = reservations[i]
+            before = res.attempt - 1
+            self._republish(d, attempt=max(0, before), lost=res.lost, eta_at=eta, parked=False)
             self._done(d)
 
         return self._settle(reservations, "releasing", act)

@@ -39,6 +39,7 @@ class _Entry:
     visible_at: float
     reserved: bool = False
     attempt: int = 0
+    lost: int = 0
     token: int = 0
     last_error: str | None = None
 
@@ -85,6 +86,8 @@ class MemoryBroker(Broker):
                     key=lambda e: (-e.priority, e.seq),
                 )
                 for entry in due[: limit - len(out)]:
+                    if entry.reserved:  # due while still reserved: its lease ran out
+                        entry.lost += 1
                     entry.reserved = True
                     entry.attempt += 1
                     entry.token = next(self._tokens)
@@ -102,6 +105,7 @@ class MemoryBroker(Broker):
             token=entry.token,
             lease_until=entry.visible_at,
             priority=entry.priority,
+            lost=entry.lost,
         )
 
     def _owned(self, res: Reservation, now: float) -> _Entry | None:

@@ -27,7 +27,10 @@ Tables (in the schema)::
                 id TEXT UNIQUE, queue TEXT, priority INT,
                 visible_at DOUBLE PRECISION    -- due time; while reserved: lease end
                 token BIGINT                   -- 0 = not reserved, else this delivery's token
-                attempt INT, enqueued_at, last_error TEXT, body BYTEA
+                attempt INT                    -- deliveries so far
+                lost INT                       -- of those, how many ended with their lease
+                                               -- running out (added to an older schema)
+                enqueued_at, last_error TEXT, body BYTEA
     dead        id TEXT PRIMARY KEY, queue, priority, attempt, reason, failed_at, body
     queues      name TEXT PRIMARY KEY          -- every queue ever used (filled by a trigger)
     results     job_id TEXT PRIMARY KEY, state, task, queue, attempt, started_at,
@@ -88,10 +91,21 @@ CREATE TABLE IF NOT EXISTS {s}.jobs (
     visible_at DOUBLE PRECISION NOT NULL,
     token BIGINT NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
     enqueued_at DOUBLE PRECISION NOT NULL,
     last_error TEXT,
     body BYTEA NOT NULL
 );
+-- Columns added after the table was first released, for a schema an older version made.
+-- Looked up first: ALTER TABLE would lock the table against every worker even when the
+-- column is there.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = '{s}' AND table_name = 'jobs' AND column_name = 'lost')
+    THEN
+        ALTER TABLE {s}.jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS jobs_pick ON {s}.jobs (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_visible ON {s}.jobs (queue, visible_at);
 CREATE TABLE IF NOT EXISTS {s}.dead (
@@ -318,14 +332,15 @@ class PostgresBroker(Broker):
                 want = limit - len(out)
                 if want <= 0:
                     break
+                # A due row that still holds a token is a lease that ran out.
                 rows = conn.execute(
                     f"UPDATE {self._s}.jobs j SET token = %s, attempt = j.attempt + 1,"
-                    " visible_at = %s"
+                    " lost = j.lost + (j.token <> 0)::int, visible_at = %s"
                     f" FROM (SELECT seq FROM {self._s}.jobs"
                     "   WHERE queue = %s AND visible_at <= %s"
                     "   ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) p"
                     " WHERE j.seq = p.seq"
-                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.body",
+                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.lost, j.body",
                     (token, until, queue, now, want),
                 ).fetchall()
                 rows.sort(key=lambda r: (-r[2], r[0]))
@@ -338,8 +353,9 @@ class PostgresBroker(Broker):
                         token=(seq, token),
                         lease_until=until,
                         priority=priority,
+                        lost=lost,
                     )
-                    for seq, job_id, priority, attempt, body in rows
+                    for seq, job_id, priority, attempt, lost, body in rows
                 )
         return out
 

@@ -7,7 +7,8 @@ must keep their clocks in sync, as with any lease system).
 Key layout (``P`` is the prefix, default ``sleipnir``)::
 
     P:job:<id>        HASH   body, queue, pri, seq, attempt, token (0 = not leased),
-                             at (enqueued), err (last error), dead (failed_at, dead letters)
+                             at (enqueued), err (last error), dead (failed_at, dead letters),
+                             lost (deliveries whose lease ran out; absent = 0)
     P:ready:<q>       ZSET   id -> ordering score: -priority * 2**44 + seq (ZPOPMIN = next)
     P:since:<q>       ZSET   id -> time it became ready (for the queue's lag)
     P:sched:<q>       ZSET   id -> due time (delayed jobs and retries waiting out a backoff)
@@ -31,6 +32,7 @@ Key layout (``P`` is the prefix, default ``sleipnir``)::
 A reserve first moves due jobs from ``sched`` and expired leases from
 ``lease`` back to ``ready`` (in their original FIFO place), so expired leases
 are reclaimed by any live worker's ordinary reserve, with no extra daemon.
+That move is where an expired lease raises the job's ``lost``.
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always``
 nothing acknowledged is lost; ``everysec`` may lose about a second of writes
@@ -261,13 +263,14 @@ class RedisBroker(Broker):
             Reservation(
                 id=_s(flat[i]),
                 queue=_s(flat[i + 1]),
-                body=bytes(flat[i + 4]),
+                body=bytes(flat[i + 5]),
                 attempt=int(flat[i + 3]),
                 token=token,
                 lease_until=until,
                 priority=int(flat[i + 2]),
+                lost=int(flat[i + 4]),
             )
-            for i in range(0, len(flat), 5)
+            for i in range(0, len(flat), 6)
         ]
 
     def _run_settle(self, op: str, now: float, items: list[Any]) -> list[bool]:

@@ -25,6 +25,8 @@ Schema (one file)::
                       visible_at REAL           -- due time; while reserved: lease end
                       token INTEGER             -- 0 = not reserved, else this delivery's token
                       attempt INTEGER           -- deliveries so far
+                      lost INTEGER              -- of those, how many ended with their lease
+                                                -- running out (added on opening an older file)
                       enqueued_at REAL, last_error TEXT, body BLOB
                       index (queue, priority DESC, seq, visible_at, token)
     sleipnir_dead     id TEXT PRIMARY KEY, queue, priority, attempt, reason, failed_at, body
@@ -79,6 +81,7 @@ CREATE TABLE IF NOT EXISTS sleipnir_jobs (
     visible_at REAL NOT NULL,
     token INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
     enqueued_at REAL NOT NULL,
     last_error TEXT,
     body BLOB NOT NULL
@@ -137,6 +140,13 @@ CREATE TABLE IF NOT EXISTS sleipnir_slots (
     PRIMARY KEY (name, holder)
 ) WITHOUT ROWID;
 """
+
+_ADDED_COLUMNS = {
+    "sleipnir_jobs": {"lost": "INTEGER NOT NULL DEFAULT 0"},
+}
+"""Columns added after a table was first released: a file made by an older version
+gets them when it is opened (``CREATE TABLE IF NOT EXISTS`` leaves its tables as
+they are)."""
 
 _SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL"}
 
@@ -218,6 +228,7 @@ class _Database:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
                 conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+                self._add_columns(conn)
                 break
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction:
@@ -228,6 +239,33 @@ class _Database:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
         self._ready = True
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection) -> None:
+        """Add the columns of ``_ADDED_COLUMNS`` that a file made by an older version lacks.
+
+        Read first without the write lock, so that opening an up-to-date file (every
+        time but the first) takes no lock; checked again under it, since another
+        process may be adding the same column at the same moment.
+        """
+
+        def missing() -> list[tuple[str, str, str]]:
+            out = []
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                out += [(table, c, d) for c, d in columns.items() if c not in have]
+            return out
+
+        if not missing():
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, decl in missing():
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -320,10 +358,12 @@ class SQLiteBroker(Broker):
                 if want <= 0:
                     break
                 rows = conn.execute(
-                    "UPDATE sleipnir_jobs SET token = ?, attempt = attempt + 1, visible_at = ?"
+                    # A due row that still holds a token is a lease that ran out.
+                    "UPDATE sleipnir_jobs SET token = ?, attempt = attempt + 1,"
+                    " lost = lost + (token != 0), visible_at = ?"
                     " WHERE seq IN (SELECT seq FROM sleipnir_jobs"
                     "  WHERE queue = ? AND visible_at <= ? ORDER BY priority DESC, seq LIMIT ?)"
-                    " RETURNING seq, id, priority, attempt, body",
+                    " RETURNING seq, id, priority, attempt, lost, body",
                     (token, until, queue, now, want),
                 ).fetchall()
                 rows.sort(key=lambda r: (-r[2], r[0]))
@@ -336,8 +376,9 @@ class SQLiteBroker(Broker):
                         token=(seq, token),
                         lease_until=until,
                         priority=priority,
+                        lost=lost,
                     )
-                    for seq, job_id, priority, attempt, body in rows
+                    for seq, job_id, priority, attempt, lost, body in rows
                 )
         return out
 

@@ -32,7 +32,7 @@ for i = 4, #ARGV do
       redis.call('DEL', key)
     else
       local seq = redis.call('INCR', P .. ':seq')
-      redis.call('HDEL', key, 'dead', 'err')
+      redis.call('HDEL', key, 'dead', 'err', 'lost')
       redis.call('HSET', key, 'attempt', 0, 'token', '0', 'seq', seq, 'at', now)
       redis.call('ZADD', P .. ':ready:' .. q,
         string.format('%.0f', -tonumber(f[3]) * 17592186044416 + seq), id)

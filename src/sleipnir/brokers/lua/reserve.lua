@@ -1,8 +1,9 @@
 -- Lease up to `limit` jobs from the queues, in the order given.
 -- First, per queue, due scheduled jobs and expired leases go back to ready in their
--- original FIFO place: this is how a dead worker's jobs come back, with no daemon.
+-- original FIFO place: this is how a dead worker's jobs come back, with no daemon. An
+-- expired lease also raises the job's `lost` count, here and only here.
 -- ARGV: prefix, now, lease_until, token, limit, queue...
--- Returns a flat list: id, queue, priority, attempt, body for each leased job.
+-- Returns a flat list: id, queue, priority, attempt, lost, body for each leased job.
 local P, now, lease_until, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[5])
 local out = {}
@@ -18,7 +19,10 @@ for qi = 6, #ARGV do
       local f = redis.call('HMGET', P .. ':job:' .. id, 'pri', 'seq')
       redis.call('ZREM', key, id)
       if f[1] then
-        if kind == 'lease' then redis.call('HSET', P .. ':job:' .. id, 'token', '0') end
+        if kind == 'lease' then
+          redis.call('HSET', P .. ':job:' .. id, 'token', '0')
+          redis.call('HINCRBY', P .. ':job:' .. id, 'lost', 1)
+        end
         redis.call('ZADD', ready,
           string.format('%.0f', -tonumber(f[1]) * 17592186044416 + tonumber(f[2])), id)
         redis.call('ZADD', since, due[i + 1], id)
@@ -34,7 +38,7 @@ for qi = 6, #ARGV do
     gone[#gone + 1] = id
     -- An id whose hash is gone (deleted by hand, or evicted) is dropped, not leased:
     -- there is no body to run.
-    local f = redis.call('HMGET', key, 'pri', 'body')
+    local f = redis.call('HMGET', key, 'pri', 'body', 'lost')
     if f[2] then
       local attempt = redis.call('HINCRBY', key, 'attempt', 1)
       redis.call('HSET', key, 'token', token)
@@ -44,6 +48,7 @@ for qi = 6, #ARGV do
       out[#out + 1] = q
       out[#out + 1] = f[1]
       out[#out + 1] = attempt
+      out[#out + 1] = f[3] or 0  -- absent until a lease of the job runs out
       out[#out + 1] = f[2]
       limit = limit - 1
     end
