@@ -66,6 +66,7 @@ from .errors import (
 from .isolated import RemoteError, find_spec, kill, run_isolated
 from .job import Job, decode_job, encode_value
 from .keys import UNIQUE_HEADER
+from .loopwatch import BlockedLoop, LoopWatch
 from .monitor import (
     RUNNING_SHOWN,
     Heartbeat,
@@ -239,6 +240,8 @@ class Worker:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loopwatch = LoopWatch()
+        """Notes ``async def`` jobs that block the loop; fails those that do so past their limit."""
 
     # -- public ---------------------------------------------------------------
 
@@ -980,7 +983,7 @@ class Worker:
             return
         try:
             with self._span(held, job):
-                coro = _call(held, task, job)
+                coro = self._loopwatch.watch(_call(held, task, job), job.id, task.name, timeout)
                 value = await asyncio.wait_for(coro, timeout) if timeout else await coro
         except BaseException as exc:  # see _run_sync
             self._done.put(self._failure(held, task, exc))
@@ -1071,6 +1074,8 @@ class Worker:
             )
         ):
             error = f"TimeoutError: the job ran over its time limit of {options.timeout} s"
+            if isinstance(exc, BlockedLoop):
+                error = f"TimeoutError: the job {exc}"
         else:
             error = _describe(exc)
         if attempt > options.retries:
@@ -1098,9 +1103,11 @@ class Worker:
             target=loop.run_forever, name="sleipnir-async", daemon=True
         )
         self._loop_thread.start()
+        self._loopwatch.start()
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._loop_thread
+        self._loopwatch.stop()
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)
