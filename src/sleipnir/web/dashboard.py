@@ -9,7 +9,6 @@ Like the API, it reads only the broker, result-store and monitor contracts.
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections import defaultdict
@@ -36,10 +35,11 @@ from ..monitor import (
 )
 from ..views import format_progress, format_span, running_views, schedule_views
 from . import api
+from .sessions import SESSION_COOKIE, secrets_equal
 from .state import WebState
 from .svg import line_chart
 
-__all__ = ["error_page", "login_page", "routes"]
+__all__ = ["error_page", "forget_session", "login_page", "routes"]
 
 STEAL_THRESHOLD = 0.01
 """A host is flagged when every sample of the last STEAL_WINDOW seconds shows this much steal."""
@@ -99,12 +99,19 @@ def _render(
     return HTMLResponse(html, status_code, headers=headers)
 
 
-def login_page(web: WebState, *, status_code: int = 200, next_path: str = "/") -> HTMLResponse:
-    """The login form (a 401 answer when a page was asked for without the token)."""
+def login_page(
+    web: WebState, *, status_code: int = 200, next_path: str = "/", error: str | None = None
+) -> HTMLResponse:
+    """The login form (a 401 answer when a page was asked for without a valid session)."""
     return _render(
         web, "login.html", status_code, {"WWW-Authenticate": 'Bearer realm="sleipnir"'},
-        page="login", next_path=next_path if next_path.startswith("/") else "/", error=None,
+        page="login", next_path=next_path if next_path.startswith("/") else "/", error=error,
     )  # fmt: skip
+
+
+def forget_session(response: Response, https: bool) -> None:
+    """Make the browser drop its session cookie."""
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=https)
 
 
 def error_page(
@@ -141,7 +148,7 @@ async def _form(request: Request, web: WebState) -> Form:
     """The posted form, after its CSRF token was checked (403 if it does not match)."""
     form = await read_form(request)
     given = form.get_one("csrf")
-    if given is None or not hmac.compare_digest(given, web.csrf_token):
+    if given is None or not secrets_equal(given, web.csrf_token):
         raise api.ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
     return form
 
@@ -430,20 +437,28 @@ async def login(request: Request) -> Response:
         )
     response = RedirectResponse(next_path, 303)
     response.set_cookie(
-        "sleipnir_session",
-        web.session_cookie,
+        SESSION_COOKIE,
+        web.sessions.issue(),
+        max_age=math.ceil(web.session_lifetime),
         httponly=True,
         samesite="strict",
+        # Known only when this server itself speaks TLS: behind a proxy that ends
+        # TLS, the scheme here is http and the proxy should add Secure.
         secure=request.url.scheme == "https",
     )
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End the session on the server (its cookie is refused from now on, wherever it is
+    replayed), then make the browser forget it."""
     web = _state(request)
     await _form(request, web)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None:
+        await run_in_threadpool(web.sessions.revoke, cookie)
     response = RedirectResponse("/login", 303)
-    response.delete_cookie("sleipnir_session")
+    forget_session(response, request.url.scheme == "https")
     return response
 
 
