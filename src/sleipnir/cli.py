@@ -760,12 +760,27 @@ def doctor(
     show_default=True,
     help="Seconds an Idempotency-Key keeps naming its job.",
 )
+@click.option(
+    "--session-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=12 * 3600.0,
+    show_default=True,
+    help="Seconds a dashboard login lasts before the login form is shown again.",
+)
 @click.option("--access-log/--no-access-log", default=True, help="Log every request.")
-def web(app: App, host: str, port: int, idempotency_window: float, access_log: bool) -> None:
+def web(
+    app: App,
+    host: str,
+    port: int,
+    idempotency_window: float,
+    session_lifetime: float,
+    access_log: bool,
+) -> None:
     """Serve the HTTP API, /metrics, /healthz and the dashboard (needs sleipnir[web]).
 
     Every route but /healthz needs "Authorization: Bearer $SLEIPNIR_API_TOKEN";
-    without that variable only a loopback address is accepted.
+    without that variable, or with a token shorter than 16 characters, only a
+    loopback address is accepted.
     """
     try:
         from .web import serve
@@ -777,6 +792,7 @@ def web(app: App, host: str, port: int, idempotency_window: float, access_log: b
             host=host,
             port=port,
             idempotency_window=idempotency_window,
+            session_lifetime=session_lifetime,
             access_log=access_log,
         )
     except SleipnirError as exc:

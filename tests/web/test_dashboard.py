@@ -78,7 +78,13 @@ def test_dead_letters_are_deleted_from_the_page(server: Server) -> None:
         server.client.post("/api/jobs", json={"task": "refuse", "args": [why]})
     server.work()
     csrf = csrf_of(server.client.get("/dead").text)
+    # A bulk form from before the confirmation step is sent to the confirmation.
     r = server.client.post("/dead/delete", data={"csrf": csrf, "all": "1"})
+    assert (r.status_code, r.headers["location"]) == (303, "/dead/confirm?action=delete&queue=&q=")
+    confirm = server.client.get(r.headers["location"]).text
+    assert "Delete all 2 dead letters?" in confirm
+    ids = re.findall(r'name="id" value="([^"]+)"', confirm)
+    r = server.client.post("/dead/delete", data={"csrf": csrf, "id": ids})
     assert (r.status_code, r.headers["location"]) == (303, "/dead?deleted=2")
     r = server.client.get(r.headers["location"])
     assert "2 dead letter(s) deleted" in r.text

@@ -9,7 +9,6 @@ Like the API, it reads only the broker, result-store and monitor contracts.
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections import defaultdict
@@ -36,10 +35,14 @@ from ..monitor import (
 )
 from ..views import format_progress, format_span, running_views, schedule_views
 from . import api
+from .sessions import SESSION_COOKIE, secrets_equal
 from .state import WebState
 from .svg import line_chart
 
-__all__ = ["error_page", "login_page", "routes"]
+__all__ = ["error_page", "forget_session", "login_page", "routes"]
+
+DEAD_PAGE_LIMIT = 1000
+"""The dead-letters page shows at most this many (the oldest that match its filter)."""
 
 STEAL_THRESHOLD = 0.01
 """A host is flagged when every sample of the last STEAL_WINDOW seconds shows this much steal."""
@@ -99,12 +102,19 @@ def _render(
     return HTMLResponse(html, status_code, headers=headers)
 
 
-def login_page(web: WebState, *, status_code: int = 200, next_path: str = "/") -> HTMLResponse:
-    """The login form (a 401 answer when a page was asked for without the token)."""
+def login_page(
+    web: WebState, *, status_code: int = 200, next_path: str = "/", error: str | None = None
+) -> HTMLResponse:
+    """The login form (a 401 answer when a page was asked for without a valid session)."""
     return _render(
         web, "login.html", status_code, {"WWW-Authenticate": 'Bearer realm="sleipnir"'},
-        page="login", next_path=next_path if next_path.startswith("/") else "/", error=None,
+        page="login", next_path=next_path if next_path.startswith("/") else "/", error=error,
     )  # fmt: skip
+
+
+def forget_session(response: Response, https: bool) -> None:
+    """Make the browser drop its session cookie."""
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=https)
 
 
 def error_page(
@@ -141,7 +151,7 @@ async def _form(request: Request, web: WebState) -> Form:
     """The posted form, after its CSRF token was checked (403 if it does not match)."""
     form = await read_form(request)
     given = form.get_one("csrf")
-    if given is None or not hmac.compare_digest(given, web.csrf_token):
+    if given is None or not secrets_equal(given, web.csrf_token):
         raise api.ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
     return form
 
@@ -295,20 +305,31 @@ def _count_param(request: Request, name: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+def _dead_filter(params: Any) -> tuple[str | None, str]:
+    """The queue and the search text a query string or form names (``None``/``""``: any)."""
+    queue = (params.get("queue") or "").strip() or None
+    return queue, (params.get("q") or "").strip()
+
+
+def _dead_url(queue: str | None, q: str, **extra: Any) -> str:
+    """``/dead`` with the filter (and ``extra``) in its query string."""
+    params = {**({"queue": queue} if queue else {}), **({"q": q} if q else {}), **extra}
+    return f"/dead?{urlencode(params)}" if params else "/dead"
+
+
+def _bulk_question(action: str, count: int, queue: str | None, q: str) -> str:
+    """What the confirmation asks, e.g. ``Retry 3 dead letters matching 'billing'?``."""
+    verb = "Retry" if action == "retry" else "Delete"
+    noun = "dead letter" if count == 1 else "dead letters"
+    where = "".join([f" matching '{q}'" if q else "", f" in queue '{queue}'" if queue else ""])
+    every = "" if where or count == 1 else "all "
+    return f"{verb} {every}{count} {noun}{where}?"
+
+
 async def dead_page(request: Request) -> Response:
     web = _state(request)
-    queue = request.query_params.get("queue") or None
-    search = request.query_params.get("q", "").strip().lower()
-    letters = await run_in_threadpool(web.app.broker.dead_letters, queue, 1000)
-    views = [api.dead_view(d) for d in letters]
-    if search:
-        views = [
-            v
-            for v in views
-            if search in v["id"].lower()
-            or search in (v["task"] or "").lower()
-            or search in v["reason"].lower()
-        ]
+    queue, search = _dead_filter(request.query_params)
+    views = await run_in_threadpool(api.dead_matching, web, queue, search, DEAD_PAGE_LIMIT)
     message = None
     if (retried := _count_param(request, "retried")) is not None:
         message = f"{retried} job(s) back on their queues"
@@ -318,28 +339,54 @@ async def dead_page(request: Request) -> Response:
         message = "nothing selected"
     return _render(
         web, "dead.html", page="dead", letters=views, queue=queue or "", q=search,
-        message=message,
+        message=message, limit=DEAD_PAGE_LIMIT,
+    )  # fmt: skip
+
+
+async def dead_confirm(request: Request) -> Response:
+    """Ask before a bulk action, naming how many dead letters it acts on (no JavaScript).
+
+    The page lists the dead letters the filter matches now, and its form posts
+    their ids: confirming acts on exactly those, never on a dead letter that
+    arrived (or came to match) after the page was drawn.
+    """
+    web = _state(request)
+    action = request.query_params.get("action", "")
+    if action not in ("retry", "delete"):
+        raise api.ApiError(404, f"no action {action!r} on dead letters")
+    queue, search = _dead_filter(request.query_params)
+    views = await run_in_threadpool(api.dead_matching, web, queue, search, DEAD_PAGE_LIMIT)
+    return _render(
+        web, "dead_confirm.html", page="dead", action=action, letters=views,
+        queue=queue or "", q=search, limit=DEAD_PAGE_LIMIT, back=_dead_url(queue, search),
+        question=_bulk_question(action, len(views), queue, search),
     )  # fmt: skip
 
 
 async def dead_action(request: Request) -> Response:
-    """Retry or delete dead letters, then send the browser back to the list (POST, redirect,
-    GET: reloading the page does not repeat the action)."""
+    """Retry or delete the dead letters a form names by id, then send the browser back to
+    the list with its filter (POST, redirect, GET: reloading does not repeat the action).
+
+    Only ids are acted on. A form that asks for "all" (a page from before the
+    confirmation step) is sent to the confirmation page of its filter instead.
+    """
     web = _state(request)
     form = await _form(request, web)
     action = request.path_params["action"]
     if action not in ("retry", "delete"):
         raise api.ApiError(404, f"no action {action!r} on dead letters")
-    everything = form.get_one("all") == "1"
+    queue, search = _dead_filter({k: form.get_one(k) for k in ("queue", "q")})
     ids = form.get("id", [])
-    if not everything and not ids:
-        return RedirectResponse("/dead?none=1", 303)
-    chosen = None if everything else ids
+    if form.get_one("all") == "1" and not ids:
+        params = {"action": action, "queue": queue or "", "q": search}
+        return RedirectResponse(f"/dead/confirm?{urlencode(params)}", 303)
+    if not ids:
+        return RedirectResponse(_dead_url(queue, search, none=1), 303)
     if action == "retry":
-        moved = await run_in_threadpool(web.app.retry_dead, chosen)
-        return RedirectResponse(f"/dead?retried={len(moved)}", 303)
-    deleted = await run_in_threadpool(web.app.broker.delete_dead, chosen)
-    return RedirectResponse(f"/dead?deleted={deleted}", 303)
+        moved = await run_in_threadpool(web.app.retry_dead, ids)
+        return RedirectResponse(_dead_url(queue, search, retried=len(moved)), 303)
+    deleted = await run_in_threadpool(web.app.broker.delete_dead, ids)
+    return RedirectResponse(_dead_url(queue, search, deleted=deleted), 303)
 
 
 def _workers(web: WebState) -> dict[str, Any]:
@@ -430,20 +477,28 @@ async def login(request: Request) -> Response:
         )
     response = RedirectResponse(next_path, 303)
     response.set_cookie(
-        "sleipnir_session",
-        web.session_cookie,
+        SESSION_COOKIE,
+        web.sessions.issue(),
+        max_age=math.ceil(web.session_lifetime),
         httponly=True,
         samesite="strict",
+        # Known only when this server itself speaks TLS: behind a proxy that ends
+        # TLS, the scheme here is http and the proxy should add Secure.
         secure=request.url.scheme == "https",
     )
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End the session on the server (its cookie is refused from now on, wherever it is
+    replayed), then make the browser forget it."""
     web = _state(request)
     await _form(request, web)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None:
+        await run_in_threadpool(web.sessions.revoke, cookie)
     response = RedirectResponse("/login", 303)
-    response.delete_cookie("sleipnir_session")
+    forget_session(response, request.url.scheme == "https")
     return response
 
 
@@ -457,6 +512,7 @@ def routes() -> list[Route]:
         Route("/jobs/{job_id}", job_page, methods=["GET"]),
         Route("/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/dead", dead_page, methods=["GET"]),
+        Route("/dead/confirm", dead_confirm, methods=["GET"]),
         Route("/dead/{action:str}", dead_action, methods=["POST"]),
         Route("/workers", workers_page, methods=["GET"]),
         Route("/hosts", hosts_page, methods=["GET"]),

@@ -173,10 +173,24 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                 "Selection": {
                     "type": "object",
                     "additionalProperties": False,
-                    "description": 'either {"ids": [...]} or {"all": true}',
+                    "description": 'either {"ids": [...]} or {"all": true}; with "all", '
+                    '"queue" and "q" narrow it to the dead letters GET /api/dead shows for '
+                    "the same filter (without them: every dead letter)",
                     "properties": {
                         "ids": {"type": "array", "items": {"type": "string"}},
                         "all": {"type": "boolean"},
+                        "queue": {"type": "string", "description": "only this queue's"},
+                        "q": {
+                            "type": "string",
+                            "description": "only those whose id, task or reason contains "
+                            "this text (case-insensitive)",
+                        },
+                        "expect": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "how many the client saw match; if another "
+                            "number matches now, nothing is done (409)",
+                        },
                     },
                 },
             },
@@ -333,6 +347,12 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                     "parameters": [
                         {"name": "queue", "in": "query", "schema": {"type": "string"}},
                         {
+                            "name": "q",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "text in the id, task or reason (case-insensitive)",
+                        },
+                        {
                             "name": "limit",
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
@@ -354,9 +374,10 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                         "200": _ok("what moved and what was not a dead letter", obj),
                         "400": _error("malformed JSON"),
                         "401": _UNAUTHORIZED,
+                        "409": _error("another number than expect matches now; nothing done"),
                         "413": _error("body over the limit"),
                         "415": _error("the body is not Content-Type: application/json"),
-                        "422": _error("neither ids nor all"),
+                        "422": _error("neither ids nor all, or a filter with ids"),
                         "503": _UNAVAILABLE,
                     },
                 }
@@ -369,9 +390,10 @@ def openapi_document(web: WebState | None = None) -> dict[str, Any]:
                         "200": _ok("how many were deleted", obj),
                         "400": _error("malformed JSON"),
                         "401": _UNAUTHORIZED,
+                        "409": _error("another number than expect matches now; nothing done"),
                         "413": _error("body over the limit"),
                         "415": _error("the body is not Content-Type: application/json"),
-                        "422": _error("neither ids nor all"),
+                        "422": _error("neither ids nor all, or a filter with ids"),
                         "503": _UNAVAILABLE,
                     },
                 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,13 +21,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..app import App
 from ..errors import BrokerError, SleipnirError
 from . import api, dashboard
-from .state import WebState, check_bind, is_loopback
+from .sessions import DEFAULT_SESSION_LIFETIME, SESSION_COOKIE, SessionCheck
+from .state import MIN_TOKEN_LENGTH, WebState, check_bind, is_loopback, token_is_strong
 
 __all__ = ["SESSION_COOKIE", "create_app", "serve"]
 
 log = logging.getLogger("sleipnir.web")
 
-SESSION_COOKIE = "sleipnir_session"
 _OPEN_PATHS = {"/healthz", "/login"}
 
 
@@ -36,14 +37,33 @@ def _host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+def _arrived_on_public_address(scope: Scope) -> bool:
+    """True when the connection came in on an IP address other than loopback.
+
+    ``scope["server"]`` is the listening socket's own address; a Unix socket, or a
+    server that does not say, counts as local.
+    """
+    server = scope.get("server")
+    if not server:
+        return False
+    try:
+        return not ipaddress.ip_address(str(server[0]).strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Guard:
     """Authentication and cross-site checks in front of every route.
 
     * With a token: every path but ``/healthz`` and ``/login`` needs
-      ``Authorization: Bearer <token>`` or the session cookie a login sets; 401
-      otherwise.
+      ``Authorization: Bearer <token>`` or the session cookie a login sets (signed,
+      not expired, not logged out: :mod:`.sessions`); 401 otherwise.
     * Without a token (the server then listens on loopback only): requests must
       name a loopback host, so a web page cannot reach the server by DNS rebinding.
+    * Without a token of 16 characters or more, a request that came in on an
+      address other than loopback is refused: :func:`check_bind` stops ``serve`` from
+      binding one, and this stops an app built with ``create_app`` and served by
+      hand.
     * A browser's state-changing request (not GET/HEAD) from another site is
       refused by its ``Sec-Fetch-Site``, ``Origin`` or ``Referer``; dashboard forms
       also carry a CSRF token, checked by the form handlers.
@@ -63,20 +83,41 @@ class Guard:
         if not self.web.token and not is_loopback(_host_name(headers.get("host", ""))):
             await self._refuse(scope, receive, send, 403, "Host not allowed without a token")
             return
-        if path not in _OPEN_PATHS and self.web.token and not self._authorized(headers):
-            await self._unauthorized(scope, receive, send)
+        if not token_is_strong(self.web.token) and _arrived_on_public_address(scope):
+            await self._refuse(
+                scope, receive, send, 403,
+                f"this server has no API token of {MIN_TOKEN_LENGTH} characters or more, "
+                "so it answers on loopback addresses only",
+            )  # fmt: skip
             return
+        if path not in _OPEN_PATHS and self.web.token:
+            try:
+                verdict = await self._authorize(headers)
+            except SleipnirError as exc:
+                # The result store that holds logouts is unreachable: let no cookie
+                # in rather than one that may have been revoked.
+                log.warning("session check failed: %s", exc)
+                await self._refuse(
+                    scope, receive, send, 503, f"cannot check the session: {exc}",
+                    {"Retry-After": "5"},
+                )  # fmt: skip
+                return
+            if verdict is not SessionCheck.VALID:
+                await self._unauthorized(scope, receive, send, verdict)
+                return
         if method not in ("GET", "HEAD", "OPTIONS") and not self._same_origin(headers):
             await self._refuse(scope, receive, send, 403, "cross-site request refused")
             return
         await self.app(scope, receive, send)
 
-    def _authorized(self, headers: Headers) -> bool:
+    async def _authorize(self, headers: Headers) -> SessionCheck:
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.web.token_ok(given.strip()):
-            return True
+            return SessionCheck.VALID
         cookie = Request({"type": "http", "headers": headers.raw}).cookies.get(SESSION_COOKIE)
-        return cookie is not None and cookie == self.web.session_cookie
+        if cookie is None:
+            return SessionCheck.INVALID
+        return await run_in_threadpool(self.web.sessions.check, cookie)
 
     @staticmethod
     def _same_origin(headers: Headers) -> bool:
@@ -90,23 +131,43 @@ class Guard:
                 return value != "null" and urlsplit(value).netloc == host
         return True  # no browser headers at all: not a browser, e.g. curl with the token
 
-    async def _unauthorized(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _unauthorized(
+        self, scope: Scope, receive: Receive, send: Send, verdict: SessionCheck
+    ) -> None:
         path: str = scope["path"]
+        ended = {
+            SessionCheck.EXPIRED: "your session expired",
+            SessionCheck.REVOKED: "this session was ended by logging out",
+        }.get(verdict)
         response: Response
         if path.startswith("/api/") or path == "/metrics":
+            message = "missing or wrong Authorization: Bearer <token>"
             response = api.json_response(
-                {"error": "missing or wrong Authorization: Bearer <token>"},
+                {"error": f"{ended}; {message}" if ended else message},
                 401,
                 {"WWW-Authenticate": 'Bearer realm="sleipnir"'},
             )
         else:
-            response = dashboard.login_page(self.web, status_code=401, next_path=path)
+            response = dashboard.login_page(
+                self.web,
+                status_code=401,
+                next_path=path,
+                error=f"{ended.capitalize()}; log in again." if ended else None,
+            )
+        if verdict is not SessionCheck.INVALID:
+            dashboard.forget_session(response, scope.get("scheme") == "https")
         await response(scope, receive, send)
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, status: int, message: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        await api.json_response({"error": message}, status)(scope, receive, send)
+        await api.json_response({"error": message}, status, headers)(scope, receive, send)
 
 
 def _wants_json(request: Request) -> bool:
@@ -138,6 +199,7 @@ def create_app(
     max_body_bytes: int | None = None,
     idempotency_window: float = 24 * 3600.0,
     sample_every: float = 10.0,
+    session_lifetime: float = DEFAULT_SESSION_LIFETIME,
 ) -> Starlette:
     """The ASGI app: the JSON API under ``/api``, ``/metrics``, ``/healthz`` and the dashboard.
 
@@ -145,6 +207,8 @@ def create_app(
     no authentication, for a server on loopback only). ``max_body_bytes`` bounds
     request bodies (default: the App's payload limit plus 4 KiB of JSON around it).
     ``idempotency_window`` is how long (seconds) an ``Idempotency-Key`` names its job.
+    ``session_lifetime`` is how long (seconds) a dashboard login lasts; after it the
+    session cookie is refused and the browser is sent to the login form.
     """
     web = WebState(
         app=app,
@@ -152,6 +216,7 @@ def create_app(
         max_body_bytes=max_body_bytes or app.max_payload_bytes + 4096,
         idempotency_window=idempotency_window,
         sample_every=sample_every,
+        session_lifetime=session_lifetime,
     )
 
     @contextlib.asynccontextmanager
@@ -199,8 +264,9 @@ def serve(
 ) -> None:
     """Serve the web app with uvicorn until interrupted.
 
-    The token defaults to ``SLEIPNIR_API_TOKEN``; without one only a loopback
-    address is accepted (:class:`~sleipnir.ConfigurationError` otherwise).
+    The token defaults to ``SLEIPNIR_API_TOKEN``; without one, or with one shorter
+    than 16 characters, only a loopback address is accepted
+    (:class:`~sleipnir.ConfigurationError` otherwise).
     """
     import uvicorn
 

@@ -16,8 +16,20 @@ from ..app import App
 from ..brokers.base import QueueStats
 from ..errors import ConfigurationError
 from .batcher import EnqueueBatcher
+from .sessions import DEFAULT_SESSION_LIFETIME, Sessions, secrets_equal
 
-__all__ = ["QueueSample", "WebState", "check_bind", "is_loopback", "job_created_at"]
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "QueueSample",
+    "WebState",
+    "check_bind",
+    "is_loopback",
+    "job_created_at",
+    "token_is_strong",
+]
+
+MIN_TOKEN_LENGTH = 16
+"""The shortest API token accepted on an address other than loopback (characters)."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -44,13 +56,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def token_is_strong(token: str | None) -> bool:
+    """True for a token of at least :data:`MIN_TOKEN_LENGTH` characters, not all blank."""
+    return token is not None and len(token) >= MIN_TOKEN_LENGTH and not token.isspace()
+
+
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to serve on a non-loopback address without an API token."""
-    if not token and not is_loopback(host):
+    """Refuse to serve on a non-loopback address without an API token of 16 characters or more.
+
+    On loopback a token is optional and may be of any length, as only this host can
+    reach the port.
+    """
+    if is_loopback(host):
+        return
+    if not token or token.isspace():
         raise ConfigurationError(
             f"refusing to listen on {host} without SLEIPNIR_API_TOKEN: anyone who can reach "
             "the port could enqueue jobs and delete dead letters. Set the token, or bind to "
             "127.0.0.1 behind a proxy that authenticates."
+        )
+    if not token_is_strong(token):
+        raise ConfigurationError(
+            f"refusing to listen on {host} with a SLEIPNIR_API_TOKEN of {len(token)} "
+            f"character(s): on an address other than loopback the token must be at least "
+            f"{MIN_TOKEN_LENGTH} characters long, so that it cannot be guessed. Make one with "
+            "`openssl rand -hex 32`, or bind to 127.0.0.1."
         )
 
 
@@ -72,29 +102,27 @@ class WebState:
     idempotency_window: float
     history_window: float = 3600.0
     sample_every: float = 10.0
+    session_lifetime: float = DEFAULT_SESSION_LIFETIME
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     enqueued: dict[tuple[str, str], int] = field(default_factory=dict)
     """Jobs enqueued through this server, per (task, queue)."""
     queue_history: deque[QueueSample] = field(default_factory=lambda: deque(maxlen=4096))
     lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: EnqueueBatcher = field(init=False)
+    sessions: Sessions = field(init=False)
 
     def __post_init__(self) -> None:
         self.batcher = EnqueueBatcher(self.app)
         if self.token:
             # Derived from the token: every server process with the same token
-            # accepts the same session cookie and CSRF tokens.
+            # accepts the same session cookies and CSRF tokens.
             self.secret = hashlib.sha256(b"sleipnir-web\0" + self.token.encode()).digest()
+        self.sessions = Sessions(self.app, self.secret, self.session_lifetime)
 
     def sign(self, purpose: str) -> str:
         """A value only this server (or one with the same token) can make."""
         digest = hmac.new(self.secret, purpose.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-    @property
-    def session_cookie(self) -> str:
-        """The session cookie's value after a login."""
-        return self.sign("session")
 
     @property
     def csrf_token(self) -> str:
@@ -103,7 +131,7 @@ class WebState:
 
     def token_ok(self, given: str) -> bool:
         """Constant-time comparison with the configured token."""
-        return bool(self.token) and hmac.compare_digest(given.encode(), (self.token or "").encode())
+        return bool(self.token) and secrets_equal(given, self.token or "")
 
     def count_enqueued(self, task: str, queue: str) -> None:
         """Count a job enqueued through this server."""
