@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import Cancelled, ConfigurationError, Fail, Retry
+from .errors import Cancelled, ConfigurationError, EncodeError, Fail, Retry
 
 if TYPE_CHECKING:
     from .app import App
@@ -221,7 +221,10 @@ def _main(spec: str, fd: int) -> int:
             value = task.fn(ctx, *request.args, **request.kwargs)
         else:
             value = task.fn(*request.args, **request.kwargs)
-        reply = Reply("ok", msgspec.Raw(encode_value(value)))
+        try:
+            reply = Reply("ok", msgspec.Raw(encode_value(value)))
+        except EncodeError as exc:  # as in the worker: no retry makes it encodable
+            reply = Reply("fail", reason=str(exc))
     except Retry as exc:
         reply = Reply("retry", after=exc.after, reason=exc.reason)
     except Fail as exc:

@@ -9,6 +9,7 @@ Starlette's thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..errors import (
     SleipnirError,
     UnknownTaskError,
 )
-from ..job import decode_job, decode_value, encode_job
+from ..job import decode_job, decode_value, encode_job, not_exact_json
 from ..monitor import Heartbeat, merged_tasks, read_beats
 from ..results import JobState
 from ..views import schedule_views
@@ -117,9 +118,33 @@ def _decode_request(body: bytes) -> JobRequest:
     try:
         return _job_request.decode(body)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, f"invalid job request: {exc}") from None
+        why = _not_exact(body)  # a number out of range ("1e400") is one, for msgspec
+        if why is None:
+            raise ApiError(422, f"invalid job request: {exc}") from None
+        raise ApiError(400, f"malformed JSON: {why} ({exc})") from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+        why = _not_exact(body)
+        message = f"malformed JSON: {why} ({exc})" if why else f"malformed JSON: {exc}"
+        raise ApiError(400, message) from None
+
+
+def _not_exact(body: bytes) -> str | None:
+    """Where a body that msgspec refused holds a lone surrogate (``"\\ud800"``), NaN, or
+    a number out of a float's range, which msgspec's message does not say clearly.
+
+    Python's json module reads all three, so it is asked on this error path only.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, dict):
+        reason = not_exact_json(data.get("args"), "argument args") or not_exact_json(
+            data.get("kwargs"), "argument kwargs"
+        )
+        if reason is not None:
+            return reason
+    return not_exact_json(data, "the body")
 
 
 def _idempotency_key(request: Request) -> str | None:
