@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import tracing
+from ..bounded import cap_text
 from ..brokers.base import BrokerJobState, DeadLetter, Envelope
 from ..context import read_progress
 from ..errors import (
@@ -241,7 +242,8 @@ def job_view(web: WebState, job_id: str) -> dict[str, Any] | None:
         except msgspec.DecodeError:
             view["result"] = record.value.decode(errors="replace")
     if state in (JobState.FAILED, JobState.RETRYING):
-        view["error"] = (record.error if record else None) or (info.last_error if info else None)
+        error = (record.error if record else None) or (info.last_error if info else None)
+        view["error"] = None if error is None else cap_text(error)
     if info is not None and info.state is BrokerJobState.DEAD:
         dead = _find_dead(web, job_id, info.queue)
         if dead is not None:
@@ -426,7 +428,7 @@ def dead_view(letter: DeadLetter) -> dict[str, Any]:
         "kwargs": fields.get("kwargs"),
         "attempt": letter.attempt,
         "failed_at": letter.failed_at,
-        "reason": letter.reason,
+        "reason": cap_text(letter.reason),
     }
 
 
