@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from .app import App
+from .bounded import cap_text
 from .errors import SleipnirError
 from .job import decode_job
 from .worker import Worker
@@ -53,6 +54,26 @@ class _AppType(click.ParamType):  # type: ignore[type-arg]
 
 
 APP = click.argument("app", type=_AppType())
+
+
+ERROR_LINE_CHARS = 200
+"""Characters of an error shown on one line of a list (the rest with ``--full``)."""
+
+
+def _error_line(text: str, limit: int = ERROR_LINE_CHARS) -> str:
+    """The first line of an error, at most ``limit`` characters, saying how much is left.
+
+    Reads at most ``limit`` characters, so a message megabytes long costs nothing here.
+    """
+    line = text[: limit + 1].split("\n", 1)[0][:limit]
+    left = len(text) - len(line)
+    return line if left == 0 else f"{line} [... {left:,} more characters]"
+
+
+def _echo_error(text: str, indent: str) -> None:
+    """A whole error (capped by :func:`cap_text`), each line indented."""
+    for line in cap_text(text).splitlines():
+        click.echo(f"{indent}{line}".rstrip())
 
 
 def _when(epoch: float | None) -> str:
@@ -543,8 +564,12 @@ def _echo_table(title: str, rows: list[list[str]]) -> None:
 @APP
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def job_command(app: App, job_id: str, as_json: bool) -> None:
-    """Where one job stands: state, attempt, progress, result or error."""
+@click.option("--full", is_flag=True, help="The whole error (traceback included).")
+def job_command(app: App, job_id: str, as_json: bool, full: bool) -> None:
+    """Where one job stands: state, attempt, progress, result or error.
+
+    An error shows its first line (--full: all of it); any error shown, in --json too,
+    is capped at 64 KiB characters, its head and tail kept."""
     state = app.status(job_id)
     record = app.results.get(job_id)
     progress = app.job(job_id).progress()
@@ -565,7 +590,7 @@ def job_command(app: App, job_id: str, as_json: bool) -> None:
                     "attempt": attempt,
                     "progress": None if progress is None else list(progress),
                     "result": value,
-                    "error": error,
+                    "error": None if error is None else cap_text(error),
                     "finished_at": record.finished_at if record is not None else None,
                 }
             )
@@ -585,8 +610,11 @@ def job_command(app: App, job_id: str, as_json: bool) -> None:
         click.echo(f"  finished  {_when(record.finished_at)} UTC")
     if value is not None:
         click.echo(f"  result    {json.dumps(value)[:500]}")
-    if error:
-        click.echo(f"  error     {error.split(chr(10), 1)[0]}")
+    if error and full:
+        click.echo("  error")
+        _echo_error(error, "    ")
+    elif error:
+        click.echo(f"  error     {_error_line(error)}")
     if state.value == "unknown":
         raise SystemExit(1)
 
@@ -617,8 +645,11 @@ def dead() -> None:
 @click.option("--queue", help="Only this queue.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def dead_list(app: App, queue: str | None, limit: int, as_json: bool) -> None:
-    """List dead letters, oldest first, with the reason."""
+@click.option("--full", is_flag=True, help="Each reason whole (traceback included).")
+def dead_list(app: App, queue: str | None, limit: int, as_json: bool, full: bool) -> None:
+    """List dead letters, oldest first, with the reason: its first line, cut at 200
+    characters (--full: all of it). A reason is capped at 64 KiB characters, its head
+    and tail kept, in --json too."""
     letters = app.broker.dead_letters(queue, limit)
     for d in letters:
         try:
@@ -634,15 +665,17 @@ def dead_list(app: App, queue: str | None, limit: int, as_json: bool) -> None:
                         "task": task,
                         "attempt": d.attempt,
                         "failed_at": d.failed_at,
-                        "reason": d.reason,
+                        "reason": cap_text(d.reason),
                     }
                 )
             )
+            continue
+        line = f"{d.id}  {d.queue}  {task}  attempt {d.attempt}  {_when(d.failed_at)}"
+        if full:
+            click.echo(line)
+            _echo_error(d.reason, "    ")
         else:
-            reason = d.reason.split("\n", 1)[0]
-            click.echo(
-                f"{d.id}  {d.queue}  {task}  attempt {d.attempt}  {_when(d.failed_at)}  {reason}"
-            )
+            click.echo(f"{line}  {_error_line(d.reason)}")
     if not letters and not as_json:
         click.echo("no dead letters")
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import Cancelled, ConfigurationError, Fail, Retry
+from .errors import Cancelled, ConfigurationError, EncodeError, Fail, Retry
 
 if TYPE_CHECKING:
     from .app import App
@@ -239,7 +239,10 @@ def _main(spec: str, fd: int) -> int:
             value = task.fn(*request.args, **request.kwargs)
         if inspect.iscoroutine(value):  # an async def task run apart: its own loop here
             value = asyncio.run(value)
-        reply = Reply("ok", msgspec.Raw(encode_value(value)))
+        try:
+            reply = Reply("ok", msgspec.Raw(encode_value(value)))
+        except EncodeError as exc:  # as in the worker: no retry makes it encodable
+            reply = Reply("fail", reason=str(exc))
     except Retry as exc:
         reply = Reply("retry", after=exc.after, reason=exc.reason)
     except Fail as exc:

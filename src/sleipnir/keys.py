@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from .job import check_call
 from .results import ResultStore
 
 __all__ = [
@@ -49,7 +50,12 @@ _encoder = msgspec.json.Encoder(order="sorted")
 
 def fingerprint(task: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """A short hash of one call: the same for the same task, arguments and keyword arguments."""
-    return hashlib.sha256(_encoder.encode([task, list(args), kwargs])).hexdigest()[:32]
+    try:
+        data = _encoder.encode([task, list(args), kwargs])
+    except UnicodeEncodeError:  # a lone surrogate: refused as encode_job refuses it
+        check_call(task, args, kwargs)
+        raise
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def idempotency_key(key: str) -> str:

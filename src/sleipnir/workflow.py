@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .errors import EncodeError
-from .job import Job, decode_value, encode_job, new_job_id
+from .job import Job, check_call, decode_value, encode_job, new_job_id
 from .keys import KeyClaim
 from .results import JobState, ResultRecord
 from .task import JobHandle, Task
@@ -103,6 +103,7 @@ class Signature:
         return chain(self, other)
 
     def _step(self, job_id: str) -> Step:
+        check_call(self.task.name, self.args, self.kwargs)  # it travels in a header, as text
         return Step(job_id, self.task.name, list(self.args), self.kwargs, self.queue, self.priority)
 
     def _check(self, prepended: int) -> None:

@@ -67,6 +67,12 @@ def report(ctx: Context, parts: int) -> dict:
     return {{"parts": parts, "printed": print("a line for the worker's log") is None}}
 
 
+@app.task(isolate=True, retries=3)
+def ratio(ctx: Context) -> dict:
+    (HERE / f"ratio.{{ctx.attempt}}").write_text("ran")
+    return {{"ratio": float("nan")}}
+
+
 @app.task(isolate=True)
 def forever() -> None:
     (HERE / "forever.pid").write_text(str(os.getpid()))
@@ -134,6 +140,14 @@ def test_its_error_fail_progress_and_value_come_back(iso: Any) -> None:
         refused.result(timeout=1.0)
     assert report.result(timeout=1.0) == {"parts": 4, "printed": True}
     assert report.progress() == (4, 4)
+
+
+def test_a_value_json_cannot_carry_fails_the_job_without_retry(iso: Any, tmp_path: Path) -> None:
+    handle = iso.ratio.delay()
+    drain(iso.app)
+    with pytest.raises(JobFailedError, match=r"result\['ratio'\] is NaN; NaN is not valid JSON"):
+        handle.result(timeout=1.0)
+    assert sorted(p.name for p in tmp_path.glob("ratio.*")) == ["ratio.1"]  # ran once
 
 
 def test_cancelling_a_running_isolated_job_kills_its_process(

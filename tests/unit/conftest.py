@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import importlib
 import random
+import socket
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from click.testing import CliRunner, Result
 
 from sleipnir import App, Worker
@@ -23,6 +28,7 @@ from sleipnir.brokers.base import Envelope
 from sleipnir.cli import main
 from sleipnir.job import Job, encode_job, new_job_id
 from sleipnir.testing import FakeClock
+from sleipnir.web import create_app
 
 
 @pytest.fixture
@@ -121,3 +127,29 @@ def cli_app(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliApp]:
     yield from cli_app(CLI_MODULE, tmp_path, monkeypatch)
+
+
+# -- the HTTP API ----------------------------------------------------------------
+
+
+def serve_api(app: App) -> Iterator[httpx.Client]:
+    """Serve ``app``'s HTTP API (no token) on a free loopback port from a thread of
+    this process; yield a client for it, and stop the server afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(app), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.005)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)

@@ -9,6 +9,7 @@ Starlette's thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import tracing
+from ..bounded import cap_text
 from ..brokers.base import BrokerJobState, DeadLetter, Envelope
 from ..context import read_progress
 from ..errors import (
@@ -29,7 +31,7 @@ from ..errors import (
     SleipnirError,
     UnknownTaskError,
 )
-from ..job import decode_job, decode_value, encode_job
+from ..job import decode_job, decode_value, encode_job, not_exact_json
 from ..monitor import Heartbeat, merged_tasks, read_beats
 from ..results import JobState
 from ..views import schedule_views
@@ -117,9 +119,33 @@ def _decode_request(body: bytes) -> JobRequest:
     try:
         return _job_request.decode(body)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, f"invalid job request: {exc}") from None
+        why = _not_exact(body)  # a number out of range ("1e400") is one, for msgspec
+        if why is None:
+            raise ApiError(422, f"invalid job request: {exc}") from None
+        raise ApiError(400, f"malformed JSON: {why} ({exc})") from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+        why = _not_exact(body)
+        message = f"malformed JSON: {why} ({exc})" if why else f"malformed JSON: {exc}"
+        raise ApiError(400, message) from None
+
+
+def _not_exact(body: bytes) -> str | None:
+    """Where a body that msgspec refused holds a lone surrogate (``"\\ud800"``), NaN, or
+    a number out of a float's range, which msgspec's message does not say clearly.
+
+    Python's json module reads all three, so it is asked on this error path only.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, dict):
+        reason = not_exact_json(data.get("args"), "argument args") or not_exact_json(
+            data.get("kwargs"), "argument kwargs"
+        )
+        if reason is not None:
+            return reason
+    return not_exact_json(data, "the body")
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -216,7 +242,8 @@ def job_view(web: WebState, job_id: str) -> dict[str, Any] | None:
         except msgspec.DecodeError:
             view["result"] = record.value.decode(errors="replace")
     if state in (JobState.FAILED, JobState.RETRYING):
-        view["error"] = (record.error if record else None) or (info.last_error if info else None)
+        error = (record.error if record else None) or (info.last_error if info else None)
+        view["error"] = None if error is None else cap_text(error)
     if info is not None and info.state is BrokerJobState.DEAD:
         dead = _find_dead(web, job_id, info.queue)
         if dead is not None:
@@ -401,7 +428,7 @@ def dead_view(letter: DeadLetter) -> dict[str, Any]:
         "kwargs": fields.get("kwargs"),
         "attempt": letter.attempt,
         "failed_at": letter.failed_at,
-        "reason": letter.reason,
+        "reason": cap_text(letter.reason),
     }
 
 
