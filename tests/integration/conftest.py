@@ -589,6 +589,84 @@ def shared_pg_url() -> Iterator[str]:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: p.parent.name)
+"""The newest installed PostgreSQL's programs (initdb, pg_ctl), or None."""
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a free loopback port, for tests that restart it.
+
+    Its data lives in a directory of its own under /tmp (deleted by the fixture):
+    initdb and pg_ctl refuse to run as root, so under root they run as the
+    ``postgres`` user, who cannot enter pytest's root-only ``tmp_path``.
+    """
+
+    def __init__(self, dir: Path) -> None:
+        assert PG_BIN is not None
+        self.bin = PG_BIN
+        self.dir = dir
+        self.data = dir / "data"
+        self.port = free_port()
+        self._as: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def _run(self, program: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as, str(self.bin / program), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"{program} failed: {done.stdout}{done.stderr}\n{self.log()}")
+
+    def url(self, schema: str = "sleipnir_it") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema={schema}"
+
+    def log(self) -> str:
+        path = self.dir / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        log = str(self.dir / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` ends every session: "terminating connection due to administrator command"."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster, started; stopped and deleted after the test."""
+    if PG_BIN is None:
+        if IN_CI:
+            pytest.fail("no PostgreSQL server programs under /usr/lib/postgresql", pytrace=False)
+        pytest.skip("SKIPPED: no PostgreSQL server programs under /usr/lib/postgresql")
+    import shutil
+    import tempfile
+
+    dir = Path(tempfile.mkdtemp(prefix="sleipnir-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(dir, "postgres")
+    try:
+        server = PostgresServer(dir)
+        server.start()
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(AssertionError):
+                server.stop("immediate")
+    finally:
+        shutil.rmtree(dir, ignore_errors=True)
+
+
 BROKERS = ["sqlite", "redis", "postgres"]
 
 

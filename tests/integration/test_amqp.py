@@ -466,3 +466,32 @@ def test_enqueue_to_a_server_that_stopped_answering_fails_instead_of_hanging(
             proxy.send(signal.SIGCONT)
     finally:
         broker.close()
+
+
+def test_after_a_connection_loss_every_call_works_on_the_first_try_once_the_server_is_back(
+    box: AMQPSandbox,
+) -> None:
+    # What a restart of RabbitMQ does to a client: every connection ends while it sits
+    # idle. Done with a relay of our own, so only this test's connections are cut.
+    port = free_port()
+    proxy = start_proxy(box, "proxy", port)
+    prefix = _broker(box).names.prefix
+    broker = AMQPBroker(amqp_url(prefix, port=port, connect_timeout="1"))
+    try:
+        broker.enqueue([Envelope("held", "conn", b"{}")])
+        [held] = broker.reserve(["conn"], 1, 30)
+        proxy.kill()
+        proxy = start_proxy(box, "proxy-2", port)
+        # The delivery went back to the queue with the connection: its ack is refused.
+        assert broker.ack([held]) == [False]
+        got = broker.reserve(["conn"], 10, 30)  # no error: the dead connection is replaced
+        broker.enqueue([Envelope("after", "conn", b"{}")])
+        wait_until(
+            lambda: got.extend(broker.reserve(["conn"], 10, 30)) or len(got) >= 2,
+            20,
+            lambda: f"only {got} came back",
+        )
+        assert sorted((r.id, r.attempt) for r in got) == [("after", 1), ("held", 2)]
+        assert broker.ack(got) == [True, True]
+    finally:
+        broker.close()

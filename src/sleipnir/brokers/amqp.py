@@ -53,6 +53,14 @@ Guarantees and how they are kept:
   connection closes, when RabbitMQ hands it to another consumer. ``renew`` says
   whether the channel still holds the delivery; a token from a closed channel
   is stale and every operation with it returns ``False``.
+* A lost connection: every call first makes a non-blocking read on its
+  connection (:meth:`Link.alive`), so one the server closed while it sat idle
+  (a restart) is replaced before the call uses it. If it breaks during the call,
+  ``enqueue`` publishes the unconfirmed jobs once more and ``reserve`` asks once
+  more on a new connection. ``ack``, ``nack``, ``renew`` and ``release`` answer
+  ``False`` for the deliveries of a channel found dead (they went back to their
+  queues); one that breaks in the middle of them raises, and the next call says
+  ``False``.
 * Attempts: ``x-sleipnir-attempt`` + 1. A delivery with the redelivered flag
   (its worker died holding it) is published again with the attempt raised and
   the old copy acked, before anyone runs it, so the count is exact on classic
@@ -405,6 +413,16 @@ class AMQPBroker(Broker):
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
+        try:
+            return self._reserve(queues, limit, lease)
+        except BrokerConnectionError:
+            # The connection broke during the call. Safe to ask again on a new one: what
+            # the old channel held goes back to its queues when it closes, and its
+            # tokens are stale. (A server that is still down fails again at once.)
+            log.info("RabbitMQ connection lost while reserving; reconnecting once")
+            return self._reserve(queues, limit, lease)
+
+    def _reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         out: list[Reservation] = []
         with self._con.lock, self._con.errors("reserving"):
             ch = self._consume_channel()
@@ -497,6 +515,9 @@ class AMQPBroker(Broker):
         if not items:
             return out
         with self._con.lock, self._con.errors(doing):
+            # A connection that died while the jobs ran took their deliveries back to
+            # the queues: notice it now, and say "lease lost" (False) instead of failing.
+            self._con.alive()
             try:
                 for i, res in enumerate(items):
                     d = self._holds(res)
@@ -543,6 +564,7 @@ class AMQPBroker(Broker):
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
         out: list[bool] = []
         with self._con.lock, self._con.errors("renewing"):
+            self._con.alive()  # as in _settle
             for res in reservations:
                 d = self._holds(res)
                 out.append(d is not None)

@@ -191,9 +191,25 @@ class Link:
     def is_open(self) -> bool:
         return bool(self.ch is not None and self.ch.is_open and self.conn.is_open)
 
+    def alive(self) -> bool:
+        """Whether the connection is still up, found out without a round trip.
+
+        pika learns that the server closed a connection (a restart sends
+        ``connection.close`` and then ends the stream) only when it next reads
+        from it. A non-blocking read here notices such a connection while it sat
+        idle, before a call fails on it; it is dropped, so the next call opens a new one.
+        """
+        if not self.is_open:
+            return False
+        try:
+            self.conn.process_data_events(time_limit=0)
+        except Exception:  # any failure means the connection is gone
+            self.drop()
+        return self.is_open
+
     def channel(self) -> Any:
-        """The open channel, connecting first if there is none."""
-        if self.is_open:
+        """The open channel, connecting first if there is none (or it died while idle)."""
+        if self.alive():
             return self.ch
         self.drop()
         now = time.monotonic()
