@@ -21,8 +21,9 @@ What the worker guarantees:
   until it finishes: in a process of its own when the app's module is known
   (a crash there is that job's failure, charged and retried like any other),
   else alone in this worker with nothing else held, so that it can never take
-  batch-mates down with it again. After ``MAX_LOST`` such deliveries it goes
-  to the dead letters;
+  batch-mates down with it again. A job whose runs apart end with their
+  worker dead ``MAX_CRASHES`` times goes to the dead letters (counted in the
+  result store, under ``apart:<id>``, only for jobs that run apart);
 * a failure is retried with exponential backoff and jitter until the task's
   retries are used up, then the job fails and goes to the dead letters;
 * on stop, no new job is fetched, reserved jobs that did not start are given
@@ -87,14 +88,21 @@ log = logging.getLogger("sleipnir.worker")
 CANCEL_CHECK_EVERY = 1.0
 """Seconds between two looks for cancel requests of the jobs a worker holds."""
 
-MAX_LOST = 3
-"""Deliveries of one job that may end with the lease running out before it goes to the
-dead letters.
+MAX_CRASHES = 3
+"""Runs apart that may end with their worker dead before the job goes to the dead letters.
 
-The first may be bad luck (it was held beside a job that crashed its worker); after
-it the job runs apart, so each further one is its own doing: it killed the process
-running it (a segfault, the OOM killer), or its host kept losing the broker.
+A run apart is started only for a job whose lease ran out before, and nothing else
+of its worker runs beside it that could be blamed (in a process of its own, a crash
+is the job's own failure instead): a worker that dies during such runs this many
+times in a row was, in all likelihood, killed by the job.
 """
+
+MAX_LOST = 10
+"""Deliveries of one job that may end with the lease running out, for any reason, before
+it goes to the dead letters: a backstop for hosts that keep dying or losing the broker."""
+
+APART_EXPIRES = 7 * 24 * 3600.0
+"""Seconds the count of a job's unfinished runs apart is kept."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -129,6 +137,8 @@ class _Held:
     """The concurrency-limit slot this job holds while it runs."""
     apart: bool = False
     """Its lease ran out before (``Reservation.lost``): it runs apart from other jobs."""
+    crashes: int = 0
+    """Its runs apart so far that ended with their worker dead (``apart:<id>``)."""
     isolated: bool = False
     """It runs in a process of its own (``isolate=True``, or apart)."""
 
@@ -496,6 +506,11 @@ class Worker:
                 bad.append(held)
             else:
                 admitted.append(held)
+        crashed = self._count_crashes(admitted)
+        if crashed:
+            bad.extend(crashed)
+            gone = {id(o.held) for o in crashed}
+            admitted = [h for h in admitted if id(h) not in gone]
         self._check_cancelled(admitted)
         for held in admitted:
             if held.cancelled:
@@ -592,20 +607,56 @@ class Worker:
             return self._dead(
                 held,
                 f"Crashed: its lease ran out {res.lost} times before it finished (limit "
-                f"{MAX_LOST}): the process running it died each time (a crash, the OOM "
-                "killer, SIGKILL) or lost the broker",
+                f"{MAX_LOST}): the workers holding it died or lost the broker each time",
             )
-        if held.apart:
+        return held
+
+    def _count_crashes(self, admitted: Sequence[_Held]) -> list[_Outcome]:
+        """Read how often each job that runs apart killed its worker; dead outcomes for those
+        at ``MAX_CRASHES``. One store call, made only when a batch holds such jobs."""
+        apart = [h for h in admitted if h.apart]
+        if not apart:
+            return []
+        try:
+            counts = self._results.get_keys([apart_key(h.reservation.id) for h in apart])
+        except (SleipnirError, NotImplementedError) as exc:
+            log.warning("could not read the crash counts of %d jobs: %s", len(apart), exc)
+            counts = [None] * len(apart)
+        dead: list[_Outcome] = []
+        for h, raw in zip(apart, counts, strict=True):
+            h.crashes = _int(raw)
+            res = h.reservation
+            if h.crashes >= MAX_CRASHES:
+                dead.append(
+                    self._dead(
+                        h,
+                        f"Crashed: its worker died {h.crashes} times while the job ran apart "
+                        f"(alone, or in a process of its own; limit {MAX_CRASHES}), each time "
+                        "before it finished: a crash in native code, the OOM killer, a kill",
+                    )
+                )
+                continue
             log.warning(
                 "job %s (%s) is back after its lease ran out %d time%s (its worker died or was "
                 "cut off); it runs %s until it finishes",
                 res.id,
-                task.name,
+                _name(h),
                 res.lost,
                 "" if res.lost == 1 else "s",
                 "in a process of its own" if self.app_spec else "alone in this worker",
             )
-        return held
+        return dead
+
+    def _mark_apart(self, held: _Held) -> None:
+        """Count this run apart before it starts: if its worker dies, the next one knows."""
+        try:
+            self._results.set_key(
+                apart_key(held.reservation.id),
+                str(held.crashes + 1).encode(),
+                self._clock.time() + APART_EXPIRES,
+            )
+        except (SleipnirError, NotImplementedError) as exc:
+            log.warning("could not count the run apart of job %s: %s", held.reservation.id, exc)
 
     def _set_apart(self) -> None:
         """Run one job whose lease ran out before alone; give back every other held job.
@@ -676,6 +727,7 @@ class Worker:
                 self.stats.cancelled += 1
             else:
                 self.stats.failed += 1
+        self._forget_apart(outcomes)
         lost = [r.id for r, ok in zip(acks, acked, strict=True) if not ok]
         lost += [n.reservation.id for n, ok in zip(nacks, nacked, strict=True) if not ok]
         self._release_unique_keys(outcomes, set(lost))
@@ -733,6 +785,17 @@ class Worker:
             self._results.put([self._record(placeholder, expires_at)])
             stored[id(o)] = placeholder
         return [stored.get(id(o), o) for o in outcomes]
+
+    def _forget_apart(self, outcomes: Sequence[_Outcome]) -> None:
+        """A run apart that ended with an outcome did not kill its worker: drop its count."""
+        for o in outcomes:
+            if o.held.apart and o.held.started_at is not None and not o.held.lost:
+                try:
+                    self._results.release_key(apart_key(o.held.reservation.id))
+                except (SleipnirError, NotImplementedError) as exc:
+                    log.warning(
+                        "could not clear the crash count of %s: %s", o.held.reservation.id, exc
+                    )
 
     def _follow_up(self, outcomes: Sequence[_Outcome]) -> None:
         """Enqueue the next steps of chains and the callbacks of groups (see workflow.py)."""
@@ -825,6 +888,8 @@ class Worker:
                     held.reservation.attempt,
                     job.headers,
                 )
+            if held.apart:
+                self._mark_apart(held)
             if held.apart and self.app_spec and not task.options.isolate:
                 held.isolated = True
                 assert self._pool is not None  # a crash there is this job's failure alone
@@ -1222,6 +1287,18 @@ def _cancel_async(held: _Held) -> None:
     """On the worker's loop: cancel a running ``async def`` task (see ``_run_async``)."""
     if held.atask is not None and not held.atask.done():
         held.atask.cancel()
+
+
+def apart_key(job_id: str) -> str:
+    """The result-store key counting a job's runs apart that ended with their worker dead."""
+    return f"apart:{job_id}"
+
+
+def _int(raw: bytes | None) -> int:
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
 
 
 def _name(held: _Held) -> str:

@@ -90,3 +90,68 @@ def test_a_job_that_kills_its_worker_runs_apart_and_goes_to_the_dead_letters(
     assert letter.id == job.id
     assert "Crashed: the job's process was killed by SIGKILL" in letter.reason
     assert "(attempt 1 of 1, no retries left)" in letter.reason
+
+
+ALONE_WORKER = """
+import os
+import signal
+from pathlib import Path
+
+from sleipnir import App, Worker
+
+LEDGER = Path(__file__).resolve().parent / "ledger.txt"
+app = App.from_env()  # built here, in __main__: the worker cannot start job processes
+
+
+def note(token):
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{token} {os.getpid()}\\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task(retries=0)
+def crash(token):
+    note(token)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(retries=0)
+def record(token):
+    note(token)
+    return token
+
+
+Worker(app, burst=True, concurrency=2, prefetch=2, lease=0.5, heartbeat=None).run()
+"""
+
+
+def test_without_job_processes_a_job_that_kills_its_worker_runs_alone_until_it_is_dead(
+    sandbox: Sandbox,
+) -> None:
+    """A worker that cannot start processes of its own (its app is built in ``__main__``)
+    runs a job back from a lost lease alone. The jobs held beside the first crash are
+    charged nothing (retries=0, yet they succeed), and the crasher is dead after its
+    worker died ``MAX_CRASHES`` times while it ran alone."""
+    from sleipnir.worker import MAX_CRASHES
+
+    jobs = sandbox.jobs()
+    job = jobs.crash.delay("poison")
+    others = [jobs.record.delay(f"fine-{i}") for i in range(3)]
+    codes: list[int] = []
+    for n in range(1, 2 * MAX_CRASHES + 3):
+        wait_until(lambda: _ready(sandbox, job.id), 10, f"the job never came back for run {n}")
+        w = sandbox.python(f"alone-{n}", ALONE_WORKER)
+        codes.append(w.wait_exit(20))
+        if codes[-1] == 0:
+            break
+    assert codes == [-signal.SIGKILL] * (1 + MAX_CRASHES) + [0], [w.output()]
+    assert sandbox.runs()["poison"] == 1 + MAX_CRASHES
+    assert "runs alone in this worker" in (sandbox.dir / "alone-2.err").read_text()
+    for other in others:  # retries=0: one charged try would have left them dead
+        assert other.status() == "succeeded", other.record()
+    assert all(1 <= sandbox.runs()[f"fine-{i}"] <= 2 for i in range(3)), sandbox.runs()
+    (letter,) = sandbox.app.broker.dead_letters()
+    assert letter.id == job.id
+    assert f"its worker died {MAX_CRASHES} times while the job ran apart" in letter.reason

@@ -12,7 +12,7 @@ from sleipnir import App, Worker
 from sleipnir.bounded import ERROR_TEXT_LIMIT
 from sleipnir.results import ResultRecord
 from sleipnir.testing import FakeClock
-from sleipnir.worker import MAX_LOST
+from sleipnir.worker import MAX_CRASHES, MAX_LOST, apart_key
 
 from .conftest import drain
 
@@ -211,3 +211,41 @@ def test_an_outcome_the_store_refuses_fails_its_job_alone(
     assert [g.result(timeout=1.0) for g in good] == ["fine-0", "fine-1", "fine-2"]
     assert worker.stats.failed == 1 and worker.stats.succeeded == 3
     assert app.broker.dead_letters()[0].id == bad.id
+
+
+def test_a_run_apart_is_counted_while_it_runs_and_forgotten_once_it_ends(
+    app: App, clock: FakeClock
+) -> None:
+    seen: list[bytes | None] = []
+    ids: list[str] = []
+
+    @app.task
+    def work() -> None:
+        seen.extend(app.results.get_keys([apart_key(ids[0])]))
+
+    handle = work.delay()
+    ids.append(handle.id)
+    _expire(app, clock, 1)
+    drain(app)
+    assert handle.status() == "succeeded"
+    assert seen == [b"1"]  # had its worker died now, the next delivery would know
+    assert app.results.get_keys([apart_key(handle.id)]) == [None]
+
+
+def test_a_job_whose_runs_apart_keep_killing_their_worker_is_dead(
+    app: App, clock: FakeClock
+) -> None:
+    runs: list[int] = []
+
+    @app.task(retries=5)
+    def crashes() -> None:
+        runs.append(1)
+
+    handle = crashes.delay()
+    _expire(app, clock, 1)
+    # What a worker that started it apart MAX_CRASHES times, and died each time, left.
+    app.results.set_key(apart_key(handle.id), str(MAX_CRASHES).encode(), clock.time() + 60)
+    drain(app)
+    assert runs == []
+    (letter,) = app.broker.dead_letters()
+    assert f"its worker died {MAX_CRASHES} times while the job ran apart" in letter.reason
