@@ -14,6 +14,7 @@ worker`` was given, or found among the imported modules), reads the call as
 JSON on stdin, and writes its outcome as JSON on a pipe of its own (file
 descriptor ``FD``), so what the task prints goes to the worker's log and never
 into the reply. Nothing is pickled. It exits by itself when its worker dies.
+``SLEIPNIR_WORKER_PID`` in its environment names that worker.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def run_isolated(
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    env["SLEIPNIR_WORKER_PID"] = str(os.getpid())  # which worker the job's process serves
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, spec, str(write_fd)],

@@ -66,7 +66,6 @@ JOBS_MODULE = r'''
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -80,9 +79,8 @@ app = App.from_env()  # SLEIPNIR_BROKER: the test's broker
 
 
 def worker_pid():
-    """The worker's pid; for a job run apart in a process of its own, its worker's."""
-    isolated = sys.argv[:1] == ["-c"]  # sleipnir.isolated's child: python -c ... SPEC FD
-    return os.getppid() if isolated else os.getpid()
+    """The worker's pid; for a job run in a process of its own, the worker that started it."""
+    return int(os.environ.get("SLEIPNIR_WORKER_PID") or os.getpid())
 
 
 def note(token):

@@ -58,7 +58,9 @@ def note(job_id):
     """Append ``job_id attempt pid`` to the ledger in one write."""
     info = app.broker.job_info(job_id)
     attempt = info.attempt if info is not None else 0
-    line = f"{job_id} {attempt} {os.getpid()}\n".encode()
+    # A job run in a process of its own counts as a run of the worker that started it.
+    pid = int(os.environ.get("SLEIPNIR_WORKER_PID") or os.getpid())
+    line = f"{job_id} {attempt} {pid}\n".encode()
     fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
