@@ -73,6 +73,16 @@ def ratio(ctx: Context) -> dict:
     return {{"ratio": float("nan")}}
 
 
+@app.task(retries=0)
+def plain_where() -> int:
+    return os.getpid()
+
+
+@app.task(retries=0)
+async def async_where() -> int:
+    return os.getpid()
+
+
 @app.task(isolate=True)
 def forever() -> None:
     (HERE / "forever.pid").write_text(str(os.getpid()))
@@ -188,3 +198,30 @@ def test_a_worker_that_cannot_find_the_apps_module_says_so() -> None:
 
     with pytest.raises(ConfigurationError, match="module was not found"):
         Worker(app, burst=True, heartbeat=None).run()
+
+
+def test_jobs_back_from_a_lost_lease_run_in_a_process_of_their_own(iso: Any) -> None:
+    """Sync and ``async def`` alike; with retries=0 they still run: the lost lease cost no try."""
+    handles = [iso.plain_where.delay(), iso.async_where.delay()]
+    held = iso.app.broker.reserve(["default"], 2, lease=0.05)  # a worker that then died
+    assert len(held) == 2
+    deadline = time.monotonic() + 10.0
+    while any(
+        (info := iso.app.broker.job_info(h.id)) is None or info.state.value != "ready"
+        for h in handles
+    ):
+        assert time.monotonic() < deadline, "the leases never ran out"
+        threading.Event().wait(0.02)
+    drain(iso.app)
+    pids = [h.result(timeout=1.0) for h in handles]
+    assert os.getpid() not in pids
+    for h in handles:
+        record = h.record()
+        assert record is not None and (record.state, record.attempt) == ("succeeded", 2)
+
+
+def test_a_job_with_no_lost_lease_runs_in_the_worker_itself(iso: Any) -> None:
+    """Not back from a lost lease: the same task runs on the worker's own thread."""
+    handle = iso.plain_where.delay()
+    drain(iso.app)
+    assert handle.result(timeout=1.0) == os.getpid()
