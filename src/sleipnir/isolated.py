@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .job import Job
     from .task import Task
 
-__all__ = ["RemoteError", "find_spec", "run_isolated"]
+__all__ = ["ProcessCrashed", "RemoteError", "find_spec", "run_isolated"]
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -71,6 +71,11 @@ class RemoteError(Exception):
     def __init__(self, text: str) -> None:
         super().__init__(text.split("\n", 1)[0])
         self.text = text
+
+
+class ProcessCrashed(RemoteError):
+    """The job's process died without a reply: a signal, or an exit the task did not return
+    from. The job's own failure; the worker that started it is unharmed."""
 
 
 def find_spec(app: App) -> str | None:
@@ -158,7 +163,7 @@ def run_isolated(
                 chunks.append(data)
     code = proc.wait()
     if not chunks:
-        raise RemoteError(_died(code))
+        raise ProcessCrashed(_died(code))
     reply = msgspec.json.decode(b"".join(chunks), type=Reply)
     if reply.kind == "ok":
         return bytes(reply.value)

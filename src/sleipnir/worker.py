@@ -64,7 +64,7 @@ from .errors import (
     Retry,
     SleipnirError,
 )
-from .isolated import RemoteError, find_spec, kill, run_isolated
+from .isolated import ProcessCrashed, RemoteError, find_spec, kill, run_isolated
 from .job import Job, decode_job, encode_value
 from .keys import UNIQUE_HEADER
 from .loopwatch import BlockedLoop, LoopWatch
@@ -139,6 +139,10 @@ class _Held:
     """Its lease ran out before (``Reservation.lost``): it runs apart from other jobs."""
     crashes: int = 0
     """Its runs apart so far that ended with their worker dead (``apart:<id>``)."""
+    own_crashes: int = 0
+    """Its runs in a process of its own so far that ended with that process dead."""
+    crashed: bool = False
+    """This run's process died (:class:`ProcessCrashed`)."""
     isolated: bool = False
     """It runs in a process of its own (``isolate=True``, or apart)."""
 
@@ -624,7 +628,7 @@ class Worker:
             counts = [None] * len(apart)
         dead: list[_Outcome] = []
         for h, raw in zip(apart, counts, strict=True):
-            h.crashes = _int(raw)
+            h.crashes, h.own_crashes = _counts(raw)
             res = h.reservation
             if h.crashes >= MAX_CRASHES:
                 dead.append(
@@ -652,7 +656,7 @@ class Worker:
         try:
             self._results.set_key(
                 apart_key(held.reservation.id),
-                str(held.crashes + 1).encode(),
+                f"{held.crashes + 1}/{held.own_crashes}".encode(),
                 self._clock.time() + APART_EXPIRES,
             )
         except (SleipnirError, NotImplementedError) as exc:
@@ -787,15 +791,21 @@ class Worker:
         return [stored.get(id(o), o) for o in outcomes]
 
     def _forget_apart(self, outcomes: Sequence[_Outcome]) -> None:
-        """A run apart that ended with an outcome did not kill its worker: drop its count."""
+        """A run apart that ended with an outcome did not kill its worker: drop its count,
+        or keep only how often the job crashed processes of its own, for the next reason."""
         for o in outcomes:
-            if o.held.apart and o.held.started_at is not None and not o.held.lost:
-                try:
-                    self._results.release_key(apart_key(o.held.reservation.id))
-                except (SleipnirError, NotImplementedError) as exc:
-                    log.warning(
-                        "could not clear the crash count of %s: %s", o.held.reservation.id, exc
-                    )
+            h = o.held
+            if not h.apart or h.started_at is None or h.lost:
+                continue
+            key = apart_key(h.reservation.id)
+            try:
+                if h.crashed and o.state is JobState.RETRYING:
+                    expires_at = self._clock.time() + APART_EXPIRES
+                    self._results.set_key(key, f"0/{h.own_crashes}".encode(), expires_at)
+                else:
+                    self._results.release_key(key)
+            except (SleipnirError, NotImplementedError) as exc:
+                log.warning("could not update the crash count of %s: %s", h.reservation.id, exc)
 
     def _follow_up(self, outcomes: Sequence[_Outcome]) -> None:
         """Enqueue the next steps of chains and the callbacks of groups (see workflow.py)."""
@@ -1143,6 +1153,21 @@ class Worker:
                 error = f"TimeoutError: the job {exc}"
         else:
             error = _describe(exc)
+        if isinstance(exc, ProcessCrashed):
+            held.crashed = True
+            held.own_crashes += 1
+            error += (
+                f"\n(the job has crashed {held.own_crashes} process"
+                f"{'' if held.own_crashes == 1 else 'es'} of its own"
+                + (
+                    f", after its lease ran out {held.reservation.lost} time"
+                    f"{'' if held.reservation.lost == 1 else 's'} in workers that died or were "
+                    "cut off"
+                    if held.reservation.lost
+                    else ""
+                )
+                + ")"
+            )
         if attempt > options.retries:
             return self._dead(
                 held, f"{error}\n(attempt {attempt} of {options.retries + 1}, no retries left)"
@@ -1294,11 +1319,15 @@ def apart_key(job_id: str) -> str:
     return f"apart:{job_id}"
 
 
-def _int(raw: bytes | None) -> int:
+def _counts(raw: bytes | None) -> tuple[int, int]:
+    """``apart:<id>`` read: (runs apart whose worker died, processes of its own it crashed)."""
+    if raw is None:
+        return 0, 0
+    died, _, own = raw.partition(b"/")
     try:
-        return int(raw) if raw is not None else 0
+        return int(died), int(own or b"0")
     except ValueError:
-        return 0
+        return 0, 0
 
 
 def _name(held: _Held) -> str:

@@ -90,6 +90,9 @@ def test_a_job_that_kills_its_worker_runs_apart_and_goes_to_the_dead_letters(
     assert letter.id == job.id
     assert "Crashed: the job's process was killed by SIGKILL" in letter.reason
     assert "(attempt 1 of 1, no retries left)" in letter.reason
+    assert "(the job has crashed 1 process of its own, after its lease ran out 1 time" in (
+        letter.reason
+    )
 
 
 ALONE_WORKER = """

@@ -196,6 +196,7 @@ def test_a_task_that_kills_its_process_ends_dead_and_the_rest_finish(bench: Benc
     reason = letters[crasher].reason
     assert "Crashed: the job's process exited with status 13" in reason, reason
     assert "(attempt 2 of 2, no retries left)" in reason, reason
+    assert "(the job has crashed 2 processes of its own, after its lease ran out 1 time" in reason
     crash_runs = [r for r in bench.runs() if r.job_id == crasher]
     # Its worker died once; after the lost lease it ran apart, in processes of its own.
     assert [r.attempt for r in crash_runs] == [1, 2, 3]
@@ -329,6 +330,7 @@ def test_a_segfaulting_job_takes_no_batch_mate_with_it(any_bench: Bench) -> None
     reason = letters[crasher].reason
     assert "Crashed: the job's process was killed by SIGSEGV" in reason, reason
     assert "(attempt 3 of 3, no retries left)" in reason, reason
+    assert "(the job has crashed 3 processes of its own, after its lease ran out 1 time" in reason
     crash_runs = [r for r in bench.runs() if r.job_id == crasher]
     assert len(crash_runs) == 4  # once in the worker, then 3 tries in processes of its own
     worker_died = crash_runs[0].pid

@@ -228,7 +228,7 @@ def test_a_run_apart_is_counted_while_it_runs_and_forgotten_once_it_ends(
     _expire(app, clock, 1)
     drain(app)
     assert handle.status() == "succeeded"
-    assert seen == [b"1"]  # had its worker died now, the next delivery would know
+    assert seen == [b"1/0"]  # had its worker died now, the next delivery would know
     assert app.results.get_keys([apart_key(handle.id)]) == [None]
 
 
