@@ -238,6 +238,7 @@ class Worker:
         self._clock = app.clock
         self._waiting: deque[_Held] = deque()
         self._quiet_until = 0.0
+        """No reserve before this (monotonic) while jobs run: the last one came back short."""
         self._keys_unsupported = False
         self._alone: _Held | None = None
         """A job that runs alone (see ``_set_apart``): nothing else starts or is held meanwhile."""
@@ -1106,9 +1107,7 @@ class Worker:
         try:
             return self._judge_failure(held, task, exc)
         except BaseException as broken:  # a hostile exception must not wedge its job
-            return self._placeholder(
-                held, task, exc, f"({type(broken).__name__} while describing it)"
-            )
+            return self._placeholder(held, task, exc, f"({_type_name(broken)} while describing it)")
 
     def _placeholder(
         self, held: _Held, task: Task[Any, Any], exc: BaseException, why: str
