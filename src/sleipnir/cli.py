@@ -521,7 +521,7 @@ def queues(app: App) -> None:
     if not rows:
         click.echo("(no queues yet)")
     _echo_table("periodic", _periodic_rows(app, now))
-    _echo_table("running", _running_rows(app, now))
+    _echo_table("running", _running_rows(app, now, {s.queue: s.running for s in rows}))
 
 
 def _periodic_rows(app: App, now: float) -> list[list[str]]:
@@ -534,7 +534,7 @@ def _periodic_rows(app: App, now: float) -> list[list[str]]:
     return rows
 
 
-def _running_rows(app: App, now: float) -> list[list[str]]:
+def _running_rows(app: App, now: float, running: dict[str, int]) -> list[list[str]]:
     from .monitor import read_beats
     from .views import format_span, running_views
 
@@ -543,7 +543,7 @@ def _running_rows(app: App, now: float) -> list[list[str]]:
     except (NotImplementedError, SleipnirError):
         return []  # no heartbeats on this store: nothing to say about running jobs
     rows = [["job", "task", "queue", "attempt", "running for", "progress"]]
-    for v in running_views(app, beats, now):
+    for v in running_views(app, beats, now, running):
         rows.append(
             [v.id, v.task, v.queue, str(v.attempt), format_span(v.running_for), v.progress_text]
         )

@@ -28,3 +28,7 @@ class SystemClock:
     def time(self) -> float:
         """Return ``time.time()``."""
         return time.time()
+
+    def monotonic(self) -> float:
+        """Return ``time.monotonic()``: what lease deadlines are timed with."""
+        return time.monotonic()

@@ -33,6 +33,7 @@ import msgspec
 
 from .clock import Clock
 from .errors import SleipnirError
+from .outage import Outage
 from .results import ResultStore, WorkerBeat
 
 __all__ = [
@@ -415,6 +416,7 @@ class HeartbeatSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._outage = Outage("the result store", log)
 
     def send(self, *, stopping: bool = False) -> Heartbeat | None:
         """Build and store one beat now; return it, or ``None`` if it could not be stored."""
@@ -442,9 +444,11 @@ class HeartbeatSender:
                 self._warned = True
             return None
         except (SleipnirError, OSError) as exc:
-            # Monitoring must never stop the work; the next beat tries again.
-            log.warning("heartbeat not stored, trying again in %.1fs: %s", self.interval, exc)
+            # Monitoring must never stop the work; the next beat tries again. An outage
+            # is logged when it begins and when it ends, not at every beat.
+            self._outage.failed("heartbeat not stored", exc)
             return None
+        self._outage.ok()
         return beat
 
     def start(self) -> None:

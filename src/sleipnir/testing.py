@@ -22,6 +22,10 @@ class FakeClock:
         with self._lock:
             return self._now
 
+    def monotonic(self) -> float:
+        """The same fake time, for what a worker times with a monotonic clock (lease deadlines)."""
+        return self.time()
+
     def advance(self, seconds: float) -> float:
         """Move the clock forward by ``seconds`` and return the new time."""
         if seconds < 0:

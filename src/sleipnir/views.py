@@ -9,7 +9,7 @@ workers name in their heartbeats with the progress they reported
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -211,16 +211,34 @@ class RunningView:
 
 
 def running_views(
-    app: App, beats: Iterable[Heartbeat], now: float | None = None
+    app: App,
+    beats: Iterable[Heartbeat],
+    now: float | None = None,
+    running: Mapping[str, int] | None = None,
 ) -> list[RunningView]:
     """The jobs the workers' beats name as running, longest running first, with their
     progress read in one call. A job named by two beats (a lost lease) is listed once,
-    as the latest beat names it."""
+    as the latest beat names it.
+
+    Beats are up to one heartbeat interval old; ``running`` is the broker's own count of
+    reserved jobs per queue (:class:`~sleipnir.brokers.base.QueueStats`). Given, no queue
+    shows more running jobs than the broker holds reserved: those named by the latest
+    beats are kept, so a job that ended since its worker's last beat is not shown running
+    under a count that says it is not.
+    """
     now = app.clock.time() if now is None else now
     named: dict[str, tuple[str, RunningJob]] = {}
     for beat in sorted(beats, key=lambda b: b.at):
         for job in beat.running:
+            named.pop(job.id, None)  # re-inserted last: the latest beat's order
             named[job.id] = (beat.worker_id, job)
+    if running is not None:
+        room = dict(running)
+        for job_id, (_, job) in reversed(list(named.items())):
+            if room.get(job.queue, 0) > 0:
+                room[job.queue] -= 1
+            else:
+                del named[job_id]
     if not named:
         return []
     known = True

@@ -76,6 +76,7 @@ from .monitor import (
     TaskMetrics,
     new_worker_id,
 )
+from .outage import Outage
 from .results import JobState, ResultRecord
 from .schedule import Scheduler
 from .task import Task
@@ -104,6 +105,13 @@ it goes to the dead letters: a backstop for hosts that keep dying or losing the 
 APART_EXPIRES = 7 * 24 * 3600.0
 """Seconds the count of a job's unfinished runs apart is kept."""
 
+IDLE_WAIT = 1.0
+"""Longest single wait of an idle worker for new jobs (a blocking pop or a notification
+wakes it at once; this bounds how late it sees a stop asked for meanwhile)."""
+
+RETRY_PAUSE = 0.25
+"""Seconds between two tries of a broker call that failed (the outage is logged once)."""
+
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based).
@@ -126,8 +134,18 @@ class _Held:
     """``None`` when the body could not be decoded."""
     task: Task[Any, Any] | None
     """``None`` when the job was refused before it could run."""
+    deadline: float = float("inf")
+    """When its lease ends at the latest (monotonic seconds, this worker's own clock): the
+    moment the reserve or the last successful renewal was *sent*, plus the lease. The
+    broker started the lease no earlier than that, so this never errs late, whatever
+    the clocks of the hosts say and however long the answer took to come back."""
     started_at: float | None = None
     lost: bool = False
+    """The broker refused a renewal (another delivery owns the job now), or the job's lease
+    ended, by ``deadline``, before it could start: this run does not speak for the job."""
+    expired: bool = False
+    """It was running when its ``deadline`` passed without a renewal: counted as a lost
+    lease once; settled as usual (the broker refuses the ack if another worker took it)."""
     cancelled: bool = False
     """A cancel was asked for and this worker saw it."""
     ctx: Context | None = None
@@ -257,6 +275,13 @@ class Worker:
         self._loop_thread: threading.Thread | None = None
         self._loopwatch = LoopWatch()
         """Notes ``async def`` jobs that block the loop; fails those that do so past their limit."""
+        self._outage = Outage("the broker", log)
+        """Failed broker and store calls of the control loop, logged once per outage."""
+        self._next_renew = 0.0
+        """When the next renewal is due (monotonic)."""
+        self._lease_clock: Callable[[], float] = getattr(app.clock, "monotonic", time.monotonic)
+        """The clock of lease deadlines (:attr:`_Held.deadline`): monotonic seconds, from the
+        app's clock where it has them (a test's fake clock), else ``time.monotonic``."""
 
     # -- public ---------------------------------------------------------------
 
@@ -377,7 +402,7 @@ class Worker:
 
     def _main_loop(self) -> None:
         renew_every = self.lease / 3
-        next_renew = time.monotonic() + renew_every
+        self._next_renew = time.monotonic() + renew_every
         next_purge = time.monotonic() + 60.0
         next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
         while not self._stopping.is_set():
@@ -396,9 +421,9 @@ class Worker:
                 )
             ):
                 self._settle()
-            if time.monotonic() >= next_renew:
+            if time.monotonic() >= self._next_renew:
                 self._renew()
-                next_renew = time.monotonic() + renew_every
+                self._next_renew = time.monotonic() + renew_every
             if time.monotonic() >= next_purge:
                 try:
                     self._results.purge_expired()
@@ -432,13 +457,19 @@ class Worker:
                 if self.burst:
                     return
                 try:
-                    self._broker.wait(self.queues, timeout=min(0.25, renew_every))
+                    self._broker.wait(self.queues, timeout=min(IDLE_WAIT, renew_every))
                 except SleipnirError as exc:
-                    log.warning("waiting for jobs failed, retrying: %s", exc)
-                    self._stopping.wait(0.5)
+                    self._outage.failed("waiting for jobs failed", exc)
+                    self._stopping.wait(RETRY_PAUSE)
             elif self._running:
                 timeout = self.settle_interval if self._unsettled else self._broker.poll_interval
                 self._collect(block=True, timeout=timeout)
+            else:
+                # Nothing runs, yet jobs are held (waiting for a renewal to land) or outcomes
+                # wait to be settled after a failed try: pause until the next try is due.
+                now = time.monotonic()
+                due = min(self._next_renew, self._settle_after if self._unsettled else now + 1.0)
+                self._stopping.wait(min(RETRY_PAUSE, max(0.0, due - now)))
 
     def _drain(self) -> None:
         """After a stop: give back what did not start, let running jobs finish, settle."""
@@ -456,16 +487,16 @@ class Worker:
                     "could not give back %d jobs (%s); their leases will", len(waiting), exc
                 )
         deadline = time.monotonic() + self.stop_timeout
-        next_renew = time.monotonic() + self.lease / 3
+        self._next_renew = time.monotonic() + self.lease / 3
         while self._running and self._signals < 2:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             self._collect(block=True, timeout=min(left, 0.1))
-            if time.monotonic() >= next_renew:
+            if time.monotonic() >= self._next_renew:
                 self._renew()
                 self._cancel_held()
-                next_renew = time.monotonic() + self.lease / 3
+                self._next_renew = time.monotonic() + self.lease / 3
         self._collect(block=False)
         for _ in range(10):
             if not self._unsettled or self._signals >= 2:
@@ -496,17 +527,33 @@ class Worker:
         queues = self.queues
         if self._rotate and len(queues) > 1:
             self.queues = queues = [*queues[1:], queues[0]]
+        sent = self._lease_clock()
         try:
             reservations = self._broker.reserve(queues, room, self.lease)
         except SleipnirError as exc:
-            log.warning("reserve failed, retrying: %s", exc)
-            time.sleep(0.5)
+            self._outage.failed("reserve failed", exc)
+            self._stopping.wait(RETRY_PAUSE)
             return 0
+        self._outage.ok()
+        if reservations and not self._time_to_start(sent + self.lease):
+            # The answer took so long that these leases could end before a renewal lands
+            # (a link that dropped packets for a while): another worker may take them
+            # soon, so none of them starts here. Given back while the broker answers.
+            log.warning(
+                "a reserve answered %.1fs after it was sent (lease %.1fs): %d jobs given back "
+                "unstarted",
+                self._lease_clock() - sent,
+                self.lease,
+                len(reservations),
+            )
+            self._give_back(reservations)
+            return len(reservations)  # not an empty queue: the caller reserves again
+        reservations = self._adopt(reservations, sent + self.lease)
         self._taken += len(reservations)
         bad: list[_Outcome] = []
         admitted: list[_Held] = []
         for res in reservations:
-            held = self._admit(res)
+            held = self._admit(res, sent + self.lease)
             if isinstance(held, _Outcome):
                 bad.append(held)
             else:
@@ -528,6 +575,38 @@ class Worker:
             self._unsettled.extend(bad)
             self._settle()  # refused jobs settle now: their leases would otherwise run out
         return len(reservations)
+
+    def _adopt(self, reservations: list[Reservation], deadline: float) -> list[Reservation]:
+        """Deliveries of jobs this worker still holds, whose lease ended while it could not
+        renew it (a cut link): the job does not run twice here.
+
+        A job still running, or finished and not yet settled, takes the new delivery as its
+        lease (its outcome is settled with it); a job not yet started is held under the new
+        delivery instead of the old one. The rest are returned, to be admitted.
+        """
+        if not (self._running or self._waiting or self._unsettled):
+            return reservations
+        unsettled = {o.held.reservation.id: o.held for o in self._unsettled}
+        waiting = {h.reservation.id for h in self._waiting}
+        fresh: list[Reservation] = []
+        for res in reservations:
+            held = self._running.get(res.id) or unsettled.get(res.id)
+            if held is None:
+                if res.id in waiting:
+                    self._waiting = deque(h for h in self._waiting if h.reservation.id != res.id)
+                    if self._alone is not None and self._alone.reservation.id == res.id:
+                        self._alone = None
+                fresh.append(res)
+                continue
+            log.warning(
+                "job %s came back to this worker after its lease ended (attempt %d); its "
+                "run here goes on under the new lease",
+                res.id,
+                res.attempt,
+            )
+            held.reservation, held.deadline = res, deadline
+            held.lost = held.expired = False
+        return fresh
 
     # -- cancellation -------------------------------------------------------------------
 
@@ -596,18 +675,18 @@ class Worker:
     def _cancelled_outcome(self, held: _Held) -> _Outcome:
         return _Outcome(held, JobState.CANCELLED, self._clock.time(), error="cancelled")
 
-    def _admit(self, res: Reservation) -> _Held | _Outcome:
+    def _admit(self, res: Reservation, deadline: float) -> _Held | _Outcome:
         """Decode and check a reservation; a job that cannot run becomes a dead outcome."""
         try:
             job = decode_job(res.body)
         except DecodeError as exc:
-            return self._dead(_Held(res, None, None), str(exc))
+            return self._dead(_Held(res, None, None, deadline=deadline), str(exc))
         try:
             task = self.app.get_task(job.task)
             task.check_arguments(job.args, job.kwargs)
         except SleipnirError as exc:
-            return self._dead(_Held(res, job, None), str(exc))
-        held = _Held(res, job, task, apart=res.lost > 0)
+            return self._dead(_Held(res, job, None, deadline=deadline), str(exc))
+        held = _Held(res, job, task, apart=res.lost > 0, deadline=deadline)
         if res.lost >= MAX_LOST:
             return self._dead(
                 held,
@@ -711,10 +790,11 @@ class Worker:
             # Keep them and try again on a later turn of the loop, which meanwhile
             # goes on renewing leases. Retrying loses nothing: a repeated put
             # replaces the same records, and an ack whose lease ran out is refused.
-            log.warning("settling %d jobs failed, will retry: %s", len(outcomes), exc)
+            self._outage.failed(f"settling {len(outcomes)} jobs failed", exc)
             self._unsettled[:0] = outcomes
-            self._settle_after = time.monotonic() + 0.5
+            self._settle_after = time.monotonic() + RETRY_PAUSE
             return
+        self._outage.ok()
         for o in outcomes:
             started = o.held.started_at
             self.metrics.observe_outcome(
@@ -843,13 +923,18 @@ class Worker:
         held = [*self._running.values(), *self._waiting]
         if not held:
             return
+        sent = self._lease_clock()
         try:
             kept = self._broker.renew([h.reservation for h in held], self.lease)
         except SleipnirError as exc:
-            log.warning("lease renewal failed: %s", exc)
+            self._outage.failed(f"lease renewal of {len(held)} jobs failed", exc)
+            self._expire()
             return
+        self._outage.ok()
         for h, ok in zip(held, kept, strict=True):
-            if not ok and not h.lost:
+            if ok:
+                h.deadline = sent + self.lease
+            elif not h.lost:
                 h.lost = True
                 log.warning("lease of job %s was lost; another worker may run it", h.reservation.id)
         self._waiting = deque(h for h in self._waiting if not h.lost)
@@ -867,14 +952,74 @@ class Worker:
                         "could not renew slot %s of job %s: %s", h.slot, h.reservation.id, exc
                     )
 
+    def _time_to_start(self, deadline: float) -> bool:
+        """Whether a job whose lease ends by ``deadline`` may start now: at least half a lease
+        left, so it cannot end before the next renewal (a third of a lease away at most)
+        has landed."""
+        return deadline - self._lease_clock() >= self.lease / 2
+
+    def _expire(self) -> None:
+        """After a renewal failed: the held jobs whose lease has ended by now are lost.
+
+        Those that had not started are dropped (the broker hands them out again when it
+        sees the lease ended; nothing is charged for them); those running go on and are
+        settled as usual, counted once as a lost lease.
+        """
+        now = self._lease_clock()
+        ended = [h for h in (*self._running.values(), *self._waiting) if h.deadline <= now]
+        dropped = []
+        for h in ended:
+            if h.started_at is None:
+                h.lost = True
+                dropped.append(h.reservation.id)
+            elif not h.expired:
+                h.expired = True
+                self.stats.lost_leases += 1
+                log.warning(
+                    "lease of running job %s ended without a renewal; another worker may run it",
+                    h.reservation.id,
+                )
+        if dropped:
+            self.stats.lost_leases += len(dropped)
+            self._waiting = deque(h for h in self._waiting if not h.lost)
+            if self._alone is not None and self._alone.lost:
+                self._alone = None
+            log.warning(
+                "the leases of %d held jobs ended without a renewal; they do not start here: %s",
+                len(dropped),
+                ", ".join(dropped),
+            )
+
+    def _give_back(self, reservations: Sequence[Reservation]) -> None:
+        try:
+            self._broker.release(reservations)
+        except SleipnirError as exc:
+            log.warning(
+                "could not give back %d jobs (%s); their leases will", len(reservations), exc
+            )
+
     # -- running tasks ----------------------------------------------------------------
 
     def _start_waiting(self) -> None:
         later: list[tuple[_Held, float]] = []
+        kept: list[_Held] = []
+        try:
+            self._start_some(later, kept)
+        finally:
+            self._waiting.extendleft(reversed(kept))
+        if later:
+            self._wait_for_limits(later)
+
+    def _start_some(self, later: list[tuple[_Held, float]], kept: list[_Held]) -> None:
         while self._waiting and len(self._running) < self.concurrency:
             if self._alone is not None and self._running:
                 break  # it starts once the jobs running beside it have ended
             held = self._waiting.popleft()
+            if not self._time_to_start(held.deadline):
+                # Its lease was not renewed lately (the broker did not answer): it waits
+                # for a renewal, or for _expire to drop it once the lease has ended.
+                kept.append(held)
+                continue
             wait_until = self._take_limits(held)
             if wait_until is not None:
                 later.append((held, wait_until))
@@ -911,8 +1056,6 @@ class Worker:
             else:
                 assert self._pool is not None
                 self._pool.submit(self._run_guarded, self._run_sync, held, task, job)
-        if later:
-            self._wait_for_limits(later)
 
     def _take_limits(self, held: _Held) -> float | None:
         """Take the task's concurrency slot and rate token for ``held``.

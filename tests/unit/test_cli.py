@@ -288,6 +288,7 @@ def test_queues_shows_the_running_jobs_with_their_progress(periodic_cli: CliApp)
     now = app.clock.time()
     long_one = app.tasks["sweep"].delay().id
     short_one = app.tasks["report"].delay().id
+    assert len(app.broker.reserve(["default"], 2, lease=600)) == 2  # a worker runs them
     _beat_running(
         app,
         [
@@ -305,6 +306,32 @@ def test_queues_shows_the_running_jobs_with_their_progress(periodic_cli: CliApp)
         {"job": short_one, "task": "report", "queue": "default", "attempt": "2",
          "running for": "5s", "progress": "-"},
     ]  # fmt: skip
+
+
+def test_queues_never_shows_more_running_jobs_than_the_broker_holds(
+    periodic_cli: CliApp,
+) -> None:
+    """A beat is up to one interval old: a job that finished since is not shown running."""
+    app = periodic_cli.app
+    now = app.clock.time()
+    finished = app.tasks["sweep"].delay().id
+    still = app.tasks["report"].delay().id
+    (res_finished,) = app.broker.reserve(["default"], 1, lease=600)
+    app.broker.reserve(["default"], 1, lease=600)
+    _beat_running(
+        app,
+        [
+            RunningJob(id=finished, task="sweep", queue="default", attempt=1,
+                       started_at=now - 4),
+            RunningJob(id=still, task="report", queue="default", attempt=1,
+                       started_at=now - 3),
+        ],
+    )  # fmt: skip
+    assert app.broker.ack([res_finished]) == [True]  # it ended after the beat was sent
+    out = periodic_cli("queues", "APP").stdout
+    counts = out.splitlines()[1].split()
+    assert counts[:4] == ["default", "0", "0", "1"]  # queue, ready, scheduled, running
+    assert [r["job"] for r in section(out, "running")] == [still]
 
 
 def test_job_shows_state_attempt_and_result_or_error(cli: CliApp) -> None:

@@ -256,6 +256,8 @@ def test_running_jobs_show_progress_and_are_cancelled_from_the_overview(server: 
         server.client.post("/api/jobs", json={"task": "echo", "args": [i]}).json()["id"]
         for i in range(2)
     ]
+    held = server.app.broker.reserve(["default"], 2, lease=600)  # a worker runs both
+    assert len(held) == 2
     store_beat(
         server.app,
         running=[
@@ -273,6 +275,7 @@ def test_running_jobs_show_progress_and_are_cancelled_from_the_overview(server: 
     assert "<progress" not in second and "<span data-progress>-</span>" in second
     assert re.search(r"<td>echo</td><td>default</td><td class=\"num\">7</td>.*?"
                      r"<td class=\"num\">3</td>", page, re.S)  # fmt: skip
+    server.app.broker.release(held)  # that worker gave them back: both are queued again
 
     csrf = csrf_of(page)
     path = f"/jobs/{ids[0]}/cancel"

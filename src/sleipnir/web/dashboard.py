@@ -181,7 +181,7 @@ def _overview(web: WebState) -> dict[str, Any]:
     return {
         "queues": queues,
         "schedules": schedule_views(web.app, now),
-        "running": running_views(web.app, beats, now),
+        "running": running_views(web.app, beats, now, {q["queue"]: q["running"] for q in queues}),
         "workers": [b for b in beats if not b.stopping],
         "tasks": merged_tasks(beats),
         "totals": {k: sum(q[k] for q in queues) for k in ("ready", "scheduled", "running", "dead")},
