@@ -251,8 +251,9 @@ _fork_generation = 0
 
 
 def _forked() -> None:
-    global _fork_generation
+    global _fork_generation, _servers_lock
     _fork_generation += 1
+    _servers_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forked)
