@@ -1,8 +1,13 @@
 """The Redis backend (``redis://host:port/db``, ``rediss://``, ``?prefix=``).
 
 Every state change is one Lua script, so it is atomic and one round trip,
-whatever the batch size. Scripts take ``now`` from the caller's clock (hosts
-must keep their clocks in sync, as with any lease system).
+whatever the batch size. The broker's scripts read "now" from the server's clock
+(``TIME``), so a late request can neither lease what has expired meanwhile nor
+move time backwards; times the caller chooses (a retry's or a delayed job's due
+time, a lease's length) travel as seconds from now (``"+2.5"``). A broker given
+another clock than :class:`~sleipnir.clock.SystemClock` (tests' ``FakeClock``)
+sends that clock's now and absolute times instead. How a call that failed may
+have left Redis is :mod:`sleipnir.brokers.redis_link`'s matter.
 
 Key layout (``P`` is the prefix, default ``sleipnir``)::
 
@@ -45,21 +50,15 @@ which of these the server gets wrong; the worker logs them at start.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ..clock import Clock, SystemClock
-from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
+from ..errors import BrokerConnectionError, BrokerError
 from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
 from .base import (
     Broker,
@@ -72,65 +71,9 @@ from .base import (
     Reservation,
     redact_url,
 )
+from .redis_link import LATE, Direct, Script, connect
 
 __all__ = ["RedisBroker", "RedisResultStore", "connect"]
-
-_LUA = Path(__file__).with_name("lua")
-
-
-def _script(name: str) -> str:
-    return (_LUA / f"{name}.lua").read_text()
-
-
-# Query options redis-py understands in a URL (besides our own ``prefix``).
-_URL_OPTIONS = frozenset(
-    {
-        *redis.connection.URL_QUERY_ARGUMENT_PARSERS,
-        "client_name",
-        "password",
-        "username",
-        "path",
-        "ssl_ca_certs",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_cert_reqs",
-    }
-)
-
-
-def connect(url: str) -> tuple[Any, str]:
-    """A client for ``url`` and the key prefix named in it (``?prefix=``, default ``sleipnir``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"not a Redis URL: {redact_url(url)!r}")
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    prefix = options.pop("prefix", "sleipnir")
-    if not prefix or any(c in prefix for c in " \n{}"):
-        raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
-    unknown = sorted(set(options) - _URL_OPTIONS)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown Redis URL option(s) {', '.join(unknown)} in {redact_url(url)!r}; "
-            f"known: prefix, {', '.join(sorted(_URL_OPTIONS))}"
-        )
-    # Rebuilt by hand: urlunsplit would turn unix:///path into unix:/path.
-    clean = url.split("?", 1)[0] + (f"?{urlencode(options)}" if options else "")
-    try:
-        # A hung server must give a clear error in seconds, not hang a web request:
-        # each command waits at most socket_timeout, and is tried 3 times in all
-        # (about 15 s at worst). No health-check PING nested inside the retries.
-        # URL options (?socket_timeout=...) win over these defaults.
-        client: Any = redis.Redis.from_url(
-            clean,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=0,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
-    return client, prefix
 
 
 @contextlib.contextmanager
@@ -140,87 +83,48 @@ def _errors(url: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise BrokerConnectionError(f"Redis at {redact_url(url)} unreachable: {exc}") from exc
+    except redis.ResponseError as exc:
+        if str(exc).startswith(LATE):  # the script changed nothing: say so as an outage
+            raise BrokerConnectionError(f"Redis at {redact_url(url)} too slow: {exc}") from exc
+        raise BrokerError(f"Redis at {redact_url(url)} failed: {exc}") from exc
     except redis.RedisError as exc:
         raise BrokerError(f"Redis at {redact_url(url)} failed: {exc}") from exc
 
 
-_fork_generation = 0
-
-
-def _forked() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-class _Direct:
-    """Commands sent on a connection of the calling thread's own, kept between calls.
-
-    The pool's check-out before every command (a lock, and a non-blocking read that
-    makes sure the connection holds no stale reply) costs about as much as a loopback
-    round trip on a small VM: measured, a PING took 93 µs through the client and 42 µs
-    this way. A thread's connection is never shared, so no reply can be left half
-    read by another caller; on an error it is dropped (and a connection error is
-    retried through the client, with its backoff). A forked child opens its own.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self._local = threading.local()
-
-    def _connection(self) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.generation != _fork_generation:
-            pool = self.client.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-            local.conn, local.generation = conn, _fork_generation
-        return conn
-
-    def __call__(self, *args: Any) -> Any:
-        conn = self._connection()
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # the whole reply was read: the connection is fine
-        except BaseException as exc:
-            self._local.conn = None
-            conn.disconnect()
-            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                return self.client.execute_command(*args)
-            raise
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.disconnect()
-
-
-class _Script:
-    """A Lua script called by EVALSHA, loaded again if the server lost it (a restart).
-
-    Sent through :class:`_Direct`, which also skips redis-py's per-call argument
-    filtering in ``Script.__call__`` (about 8 µs).
-    """
-
-    def __init__(self, direct: _Direct, name: str) -> None:
-        self.direct = direct
-        self.text = _script(name)
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-
-    def __call__(self, args: Sequence[Any]) -> Any:
-        try:
-            return self.direct("EVALSHA", self.sha, 0, *args)
-        except redis.exceptions.NoScriptError:
-            return self.direct("EVAL", self.text, 0, *args)
-
-
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _NextDue:
+    """What the last reserve said of its queues: when (``time.monotonic()``) the earliest
+    scheduled job or lease end of theirs is due, or that none is.
+
+    Read once by :meth:`RedisBroker.wait`, and only soon after: it spares the idle loop
+    a round trip. Later changes push wake tokens, so a stale answer costs no more than
+    an early wake-up. Per thread: a broker may serve several.
+    """
+
+    FRESH_FOR = 1.0
+    """How long (seconds) a reserve's answer stands in for a look-up."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def note(self, queues: Sequence[str], due: float | None) -> None:
+        self._local.seen = (frozenset(queues), due, time.monotonic())
+
+    def forget(self) -> None:
+        self._local.seen = None
+
+    def take(self, queues: Sequence[str]) -> tuple[bool, float | None]:
+        """``(True, due)`` if a fresh answer for these queues was there, else ``(False, None)``."""
+        seen = getattr(self._local, "seen", None)
+        self._local.seen = None
+        if seen is None or seen[0] != frozenset(queues):
+            return False, None
+        if time.monotonic() - seen[2] > self.FRESH_FOR:
+            return False, None
+        return True, seen[1]
 
 
 class RedisBroker(Broker):
@@ -231,34 +135,55 @@ class RedisBroker(Broker):
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url
         self.clock = clock or SystemClock()
+        # The real clock is the server's; an injected one (tests) is the caller's.
+        self._server_clock = isinstance(self.clock, SystemClock)
         self.client, self.prefix = connect(url)
-        self._direct = _Direct(self.client)
-        self._enqueue = _Script(self._direct, "enqueue")
-        self._reserve = _Script(self._direct, "reserve")
-        self._settle = _Script(self._direct, "settle")
-        self._dead_move = _Script(self._direct, "dead")
-        self._info = _Script(self._direct, "info")
+        self._direct = Direct(self.client)
+        self._enqueue = Script(self._direct, "enqueue")
+        self._reserve = Script(self._direct, "reserve")
+        self._settle = Script(self._direct, "settle")
+        self._dead_move = Script(self._direct, "dead")
+        self._info = Script(self._direct, "info")
+        self._next_due_script = Script(self._direct, "next_due")
+        self._next_due = _NextDue()
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def _now(self) -> tuple[str, float]:
+        """The scripts' "now" argument ("" = the server's TIME), and the caller's clock."""
+        now = self.clock.time()
+        return ("" if self._server_clock else repr(now)), now
+
+    def _at(self, when: float, now: float) -> str:
+        """A time of the caller's clock for a script: seconds from now, or as it is."""
+        return f"+{when - now!r}" if self._server_clock else repr(when)
+
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
             return
-        args: list[Any] = [self.prefix, repr(self.clock.time())]
+        now_arg, now = self._now()
+        args: list[Any] = [self.prefix, now_arg]
         for e in envelopes:
-            args += [e.id, e.queue, e.priority, "" if e.eta_at is None else repr(e.eta_at), e.body]
+            eta = "" if e.eta_at is None else self._at(e.eta_at, now)
+            args += [e.id, e.queue, e.priority, eta, e.body]
         with _errors(self.url):
             self._enqueue(args)
 
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
-        now = self.clock.time()
-        until = now + lease
+        now_arg, now = self._now()
         token = str(time.time_ns() ^ id(self)) + str(limit)
+        args = [self.prefix, now_arg, self._at(now + lease, now), token, limit, *queues]
         with _errors(self.url):
-            flat = self._reserve([self.prefix, repr(now), repr(until), token, limit, *queues])
+            flat = self._reserve(args)
+        until = float(flat[-2])
+        if len(flat) - 2 < 6 * limit:  # short: the caller may wait next
+            left = _s(flat[-1])
+            self._next_due.note(queues, time.monotonic() + float(left) if left else None)
+        else:
+            self._next_due.forget()
         return [
             Reservation(
                 id=_s(flat[i]),
@@ -270,48 +195,51 @@ class RedisBroker(Broker):
                 priority=int(flat[i + 2]),
                 lost=int(flat[i + 4]),
             )
-            for i in range(0, len(flat), 6)
+            for i in range(0, len(flat) - 2, 6)
         ]
 
-    def _run_settle(self, op: str, now: float, items: list[Any]) -> list[bool]:
+    def _run_settle(self, op: str, now_arg: str, items: list[Any]) -> list[bool]:
         if not items:
             return []
         with _errors(self.url):
-            out = self._settle([self.prefix, op, repr(now), *items])
+            out = self._settle([self.prefix, op, now_arg, *items])
         return [bool(int(x)) for x in out]
 
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
-        now = self.clock.time()
+        now_arg, now = self._now()
+        until = self._at(now + lease, now)
         items: list[Any] = []
         for r in reservations:
-            items += [r.id, r.token, repr(now + lease), ""]
-        return self._run_settle("renew", now, items)
+            items += [r.id, r.token, until, ""]
+        return self._run_settle("renew", now_arg, items)
 
     def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         items: list[Any] = []
         for r in reservations:
             items += [r.id, r.token, "", ""]
-        return self._run_settle("ack", self.clock.time(), items)
+        return self._run_settle("ack", self._now()[0], items)
 
     def nack(self, nacks: Sequence[Nack]) -> list[bool]:
+        now_arg, now = self._now()
         items: list[Any] = []
         for n in nacks:
-            when = "" if n.retry_at is None else repr(n.retry_at)
+            when = "" if n.retry_at is None else self._at(n.retry_at, now)
             items += [n.reservation.id, n.reservation.token, when, n.reason]
-        return self._run_settle("nack", self.clock.time(), items)
+        return self._run_settle("nack", now_arg, items)
 
     def release(
         self, reservations: Sequence[Reservation], ready_at: float | None = None
     ) -> list[bool]:
-        when = "" if ready_at is None else repr(ready_at)
+        now_arg, now = self._now()
+        when = "" if ready_at is None else self._at(ready_at, now)
         items: list[Any] = []
         for r in reservations:
             items += [r.id, r.token, when, ""]
-        return self._run_settle("release", self.clock.time(), items)
+        return self._run_settle("release", now_arg, items)
 
     def job_info(self, job_id: str) -> JobInfo | None:
         with _errors(self.url):
-            got = self._info([self.prefix, repr(self.clock.time()), job_id])
+            got = self._info([self.prefix, self._now()[0], job_id])
         if not got:
             return None
         queue, state, attempt, err = got
@@ -324,8 +252,8 @@ class RedisBroker(Broker):
         )
 
     def stats(self) -> list[QueueStats]:
-        now = repr(self.clock.time())
         with _errors(self.url):
+            now = repr(self._direct.server_time() if self._server_clock else self.clock.time())
             queues = sorted(_s(q) for q in self.client.smembers(self._key("queues")))
             pipe = self.client.pipeline(transaction=True)
             for q in queues:
@@ -413,35 +341,40 @@ class RedisBroker(Broker):
                     for q in self._queues()
                     for m in self.client.zrange(self._key("dead", q), 0, -1)
                 ]
-            moved = self._dead_move(
-                args=[self.prefix, op, repr(self.clock.time()), *dict.fromkeys(ids)]
-            )
+            moved = self._dead_move([self.prefix, op, self._now()[0], *dict.fromkeys(ids)])
         return sorted(_s(m) for m in moved)
 
     def purge(self, queue: str) -> int:
         with _errors(self.url):
-            return int(self._dead_move([self.prefix, "purge", repr(self.clock.time()), queue])[0])
+            return int(self._dead_move([self.prefix, "purge", self._now()[0], queue])[0])
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        """Block on the queues' wake lists, or until the next scheduled job or lease end."""
+        """Block on the queues' wake lists, or until the next scheduled job or lease end.
+
+        One BLPOP, after no other command when a reserve of the same queues has just
+        said when their next due time or lease end is (the worker's idle loop), else
+        after one script that looks it up. Anything that puts a job in ``ready`` or
+        ``sched`` pushes a wake token, so a waiter learns of new due times too. The
+        BLPOP waits at most half the socket timeout, so its reply is never late.
+        """
         if not queues:
             time.sleep(timeout)
             return
-        now = self.clock.time()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for q in queues:
-                pipe.zrange(self._key("sched", q), 0, 0, withscores=True)
-                pipe.zrange(self._key("lease", q), 0, 0, withscores=True)
-            for first in pipe.execute():
-                for _, due in first:
-                    timeout = min(timeout, max(0.0, due - now))
-            if timeout <= 0.001:
+            known, due = self._next_due.take(queues)
+            if not known:
+                left = _s(self._next_due_script([self.prefix, self._now()[0], *queues]))
+                due = time.monotonic() + float(left) if left else None
+            if due is not None:
+                timeout = min(timeout, due - time.monotonic())
+            if self._direct.socket_timeout:
+                timeout = min(timeout, self._direct.socket_timeout / 2)
+            if timeout < 0.001:
                 return
-            self.client.blpop([self._key("wake", q) for q in queues], timeout=timeout)
+            self._direct("BLPOP", *[self._key("wake", q) for q in queues], f"{timeout:.3f}")
         except redis.RedisError:
             # The caller's next reserve reports the failure; here we only must not spin.
-            time.sleep(min(timeout, 0.5))
+            time.sleep(min(max(timeout, 0.0), 0.5))
 
     def durability_warnings(self) -> list[str]:
         """What in the server's configuration can lose or evict accepted jobs."""
@@ -524,13 +457,14 @@ class RedisResultStore(ResultStore):
         self.url = url
         self.clock = clock or SystemClock()
         self.client, self.prefix = connect(url)
-        self._direct = _Direct(self.client)
-        self._put = _Script(self._direct, "result_put")
-        self._claim = _Script(self._direct, "claim")
-        self._key_set = _Script(self._direct, "key_set")
-        self._key_get = _Script(self._direct, "key_get")
-        self._slot_acquire = _Script(self._direct, "slot_acquire")
-        self._slot_release = _Script(self._direct, "slot_release")
+        self._direct = Direct(self.client)
+        self._put = Script(self._direct, "result_put")
+        self._claim = Script(self._direct, "claim")
+        self._key_set = Script(self._direct, "key_set")
+        self._key_get = Script(self._direct, "key_get")
+        self._key_del = Script(self._direct, "key_del")
+        self._slot_acquire = Script(self._direct, "slot_acquire")
+        self._slot_release = Script(self._direct, "slot_release")
 
     def put(self, records: Sequence[ResultRecord]) -> None:
         if not records:
@@ -663,7 +597,8 @@ class RedisResultStore(ResultStore):
 
     def release_key(self, key: str) -> bool:
         with _errors(self.url):
-            return bool(self.client.delete(f"{self.prefix}:claim:{key}"))
+            # a script, so that a late request is refused like every other write
+            return bool(self._key_del([f"{self.prefix}:claim:{key}"]))
 
     def set_key(self, key: str, value: bytes, expires_at: float) -> None:
         with _errors(self.url):

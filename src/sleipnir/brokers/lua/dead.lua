@@ -1,7 +1,8 @@
 -- Dead letters back to their queues or deleted, or a queue purged.
--- ARGV: prefix, op ("retry" | "delete" | "purge"), now, then ids (or, for purge, the queue)
+-- ARGV: prefix, op ("retry" | "delete" | "purge"), now ("" = the server's), then ids (or,
+-- for purge, the queue)
 -- retry/delete return the ids acted on; purge returns {count}.
-local P, op, now = ARGV[1], ARGV[2], ARGV[3]
+local P, op, now = ARGV[1], ARGV[2], clock(ARGV[3])
 if op == 'purge' then
   local q, n = ARGV[4], 0
   for _, kind in ipairs({ 'ready', 'sched' }) do

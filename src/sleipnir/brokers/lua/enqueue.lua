@@ -1,32 +1,32 @@
 -- Store jobs: a hash each, then into ready (due now) or sched (due later); wake idle workers.
--- ARGV: prefix, now, then per job: id, queue, priority, eta ("" = now), body
+-- ARGV: prefix, now ("" = the server's), then per job: id, queue, priority,
+-- eta ("" = now, "+seconds" from now, or absolute), body
 -- Scores: ready = -priority * 2^44 + seq, formatted with %.0f because Lua's default
 -- number-to-string conversion keeps only 14 digits.
-local P, now = ARGV[1], ARGV[2]
-local now_n = tonumber(now)
+local P = ARGV[1]
+local now = clock(ARGV[2])
 local woken = {}
 for i = 3, #ARGV, 5 do
   local id, q, pri, eta, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local seq = redis.call('INCR', P .. ':seq')
   redis.call('HSET', P .. ':job:' .. id, 'body', body, 'queue', q, 'pri', pri, 'seq', seq,
     'attempt', 0, 'token', '0', 'at', now)
-  if eta ~= '' and tonumber(eta) > now_n then
-    redis.call('ZADD', P .. ':sched:' .. q, eta, id)
+  local due = eta ~= '' and at(now, eta)
+  if due and due > now then
+    redis.call('ZADD', P .. ':sched:' .. q, due, id)
   else
     redis.call('ZADD', P .. ':ready:' .. q,
       string.format('%.0f', -tonumber(pri) * 17592186044416 + seq), id)
     redis.call('ZADD', P .. ':since:' .. q, now, id)
-    woken[q] = true
   end
-  if not woken[q] then woken[q] = false end
+  -- a delayed job wakes a worker too, so that one idle worker learns its due time
+  woken[q] = true
 end
-for q, wake in pairs(woken) do
+for q, _ in pairs(woken) do
   redis.call('SADD', P .. ':queues', q)
-  if wake then
-    -- the list holds at most one element: trim only when this push made it two
-    if redis.call('LPUSH', P .. ':wake:' .. q, 1) > 1 then
-      redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
-    end
+  -- the list holds at most one element: trim only when this push made it two
+  if redis.call('LPUSH', P .. ':wake:' .. q, 1) > 1 then
+    redis.call('LTRIM', P .. ':wake:' .. q, 0, 0)
   end
 end
 return 1

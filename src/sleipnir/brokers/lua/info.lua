@@ -1,5 +1,6 @@
--- Where one job stands. ARGV: prefix, now, id. Returns {queue, state, attempt, err} or nil.
-local P, now_n, id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- Where one job stands. ARGV: prefix, now ("" = the server's), id.
+-- Returns {queue, state, attempt, err} or nil.
+local P, now_n, id = ARGV[1], clock(ARGV[2]), ARGV[3]
 local f = redis.call('HMGET', P .. ':job:' .. id, 'queue', 'attempt', 'err', 'dead', 'token')
 if not f[1] then return false end
 local q, state = f[1], 'ready'

@@ -2,30 +2,45 @@
 -- First, per queue, due scheduled jobs and expired leases go back to ready in their
 -- original FIFO place: this is how a dead worker's jobs come back, with no daemon. An
 -- expired lease also raises the job's `lost` count, here and only here.
--- ARGV: prefix, now, lease_until, token, limit, queue...
--- Returns a flat list: id, queue, priority, attempt, lost, body for each leased job.
-local P, now, lease_until, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- ARGV: prefix, now ("" = the server's), lease end ("+seconds" from now, or absolute),
+-- token, limit, queue...
+-- Returns a flat list: id, queue, priority, attempt, lost, body for each leased job, then
+-- the lease end and, when fewer than `limit` jobs were leased, the seconds until the
+-- earliest due time or lease end in the queues ("" when there is none): an idle worker
+-- waits that long at most, without asking again.
+local P, now, token = ARGV[1], clock(ARGV[2]), ARGV[4]
+local lease_until = at(now, ARGV[3])
 local limit = tonumber(ARGV[5])
 local out = {}
+local next_due = nil
+local peeked = {}  -- keys whose first entry stands as next_due's candidate
 for qi = 6, #ARGV do
   if limit <= 0 then break end
   local q = ARGV[qi]
   local ready, since = P .. ':ready:' .. q, P .. ':since:' .. q
   for _, kind in ipairs({ 'sched', 'lease' }) do
     local key = P .. ':' .. kind .. ':' .. q
-    local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
-    for i = 1, #due, 2 do
-      local id = due[i]
-      local f = redis.call('HMGET', P .. ':job:' .. id, 'pri', 'seq')
-      redis.call('ZREM', key, id)
-      if f[1] then
-        if kind == 'lease' then
-          redis.call('HSET', P .. ':job:' .. id, 'token', '0')
-          redis.call('HINCRBY', P .. ':job:' .. id, 'lost', 1)
+    -- a peek first: on an idle queue that is the only call, and it gives next_due
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[1] and tonumber(first[2]) > now then
+      local s = tonumber(first[2])
+      if not next_due or s < next_due then next_due = s end
+    elseif first[1] then
+      peeked[#peeked + 1] = key
+      local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+      for i = 1, #due, 2 do
+        local id = due[i]
+        local f = redis.call('HMGET', P .. ':job:' .. id, 'pri', 'seq')
+        redis.call('ZREM', key, id)
+        if f[1] then
+          if kind == 'lease' then
+            redis.call('HSET', P .. ':job:' .. id, 'token', '0')
+            redis.call('HINCRBY', P .. ':job:' .. id, 'lost', 1)
+          end
+          redis.call('ZADD', ready,
+            string.format('%.0f', -tonumber(f[1]) * 17592186044416 + tonumber(f[2])), id)
+          redis.call('ZADD', since, due[i + 1], id)
         end
-        redis.call('ZADD', ready,
-          string.format('%.0f', -tonumber(f[1]) * 17592186044416 + tonumber(f[2])), id)
-        redis.call('ZADD', since, due[i + 1], id)
       end
     end
   end
@@ -60,4 +75,19 @@ for qi = 6, #ARGV do
     redis.call('ZADD', P .. ':lease:' .. q, unpack(leased, i, math.min(i + 999, #leased)))
   end
 end
+local wait = ''
+if limit > 0 then
+  -- keys that had due entries: what is left in them (more than 1000 due: at once)
+  for _, key in ipairs(peeked) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[1] then
+      local s = tonumber(first[2])
+      if not next_due or s < next_due then next_due = s end
+    end
+  end
+  if next_due then wait = string.format('%.17g', math.max(0, next_due - now)) end
+end
+-- numbers as strings: a Lua number in a reply becomes an integer
+out[#out + 1] = string.format('%.17g', lease_until)
+out[#out + 1] = wait
 return out
