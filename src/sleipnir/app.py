@@ -9,12 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
+import msgspec
+
 from . import tracing
 from .brokers import broker_from_url, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
 from .context import cancel_key
 from .errors import (
+    BrokerConnectionError,
     ConfigurationError,
     InvalidArgumentsError,
     KeyReusedError,
@@ -326,16 +329,41 @@ class App:
                 held_id, held_fingerprint = held
                 if held_fingerprint != want.fingerprint:
                     raise KeyReusedError(want.key, held_id)
+                if self._never_stored(held_id):
+                    # An earlier call claimed the key and failed before its job was
+                    # stored: this call stores that job, under the id the claim names.
+                    job = msgspec.structs.replace(job, id=held_id)
+                    store.extend(self._envelopes([job]))
                 handles.append(JobHandle(self, held_id))
             if store:
                 self.broker.enqueue(store)
+        except BrokerConnectionError:
+            if not self.broker.finds_queued_jobs:
+                self._release_keys(mine)
+            # Else the claims stay: the jobs may have been stored, the answer lost. A
+            # retry under the same keys finds them, or finds them missing and stores
+            # them (_never_stored): a request that failed is never applied later.
+            raise
         except BaseException:
             # Nothing of this call was stored: free the keys it claimed for a retry.
-            for key in mine:
-                with contextlib.suppress(SleipnirError):
-                    self.results.release_key(key)
+            self._release_keys(mine)
             raise
         return handles
+
+    def _release_keys(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(SleipnirError):
+                self.results.release_key(key)
+
+    def _never_stored(self, job_id: str) -> bool:
+        """Whether the job a claim names was certainly never stored: the broker does not
+        hold it and no outcome of it is kept (a finished job's outcome is stored before
+        its ack). Only brokers that find queued jobs by id can tell."""
+        return (
+            self.broker.finds_queued_jobs
+            and self.broker.job_info(job_id) is None
+            and self.results.get(job_id) is None
+        )
 
     async def enqueue_jobs_async(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
         """Async form of :meth:`enqueue_jobs`."""

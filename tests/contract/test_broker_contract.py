@@ -117,6 +117,35 @@ def test_bulk_enqueue_then_reserve_returns_every_job_at_attempt_1(
     )
 
 
+@pytest.mark.parametrize("state", ["ready", "reserved", "dead"])
+def test_enqueue_of_an_id_the_broker_holds_leaves_that_job_as_it_is(
+    broker: Broker, enqueue: Enqueue, clock: FakeClock, queue: str, state: str
+) -> None:
+    if not broker.finds_queued_jobs:
+        pytest.skip(f"{type(broker).__name__} cannot find queued jobs by id")
+    [env] = enqueue()
+    other = make_envelope(clock, queue)  # the same id, another body, a second job beside
+    again = Envelope(env.id, queue, other.body, priority=5)
+    held: Reservation | None = None
+    if state != "ready":
+        held = reserve_one(broker, queue)
+    if state == "dead":
+        assert broker.nack([Nack(held, None, "boom")]) == [True]  # type: ignore[arg-type]
+    broker.enqueue([again, other])
+    info = broker.job_info(env.id)
+    assert info is not None and info.state.value == state
+    reserved = reserve_all(broker, queue)
+    if state == "ready":  # stored once, as it was, in its place; the other beside it
+        assert [(r.id, r.body, r.attempt) for r in reserved] == [
+            (env.id, env.body, 1),
+            (other.id, other.body, 1),
+        ]
+    else:
+        assert ids(reserved) == [other.id]
+    if state == "reserved":
+        assert held is not None and broker.ack([held]) == [True]  # its token still holds
+
+
 def test_enqueue_async_stores_the_jobs(broker: Broker, clock: FakeClock, queue: str) -> None:
     envelopes = [make_envelope(clock, queue) for _ in range(2)]
     asyncio.run(broker.enqueue_async(envelopes))

@@ -6,7 +6,7 @@ import pytest
 
 from sleipnir import App, KeyReusedError
 from sleipnir.brokers.base import Envelope
-from sleipnir.errors import BrokerError
+from sleipnir.errors import BrokerConnectionError, BrokerError
 from sleipnir.testing import FakeClock
 
 from .conftest import drain
@@ -108,6 +108,41 @@ def test_a_refused_enqueue_frees_the_key_for_the_retry(
     handle = ping.enqueue(key="k")
     assert ready(app) == 1
     assert ping.enqueue(key="k").id == handle.id
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["never-stored", "answer-lost"])
+def test_a_retry_under_the_same_key_after_a_lost_connection_stores_the_job_exactly_once(
+    app: App, monkeypatch: pytest.MonkeyPatch, stored: bool
+) -> None:
+    """After BrokerConnectionError the job was stored or not (a failed request never lands
+    later); the same call retried under its key gives one job either way, never none."""
+    runs: list[int] = []
+
+    @app.task
+    def invoice(order: int) -> None:
+        runs.append(order)
+
+    real = app.broker.enqueue
+
+    def cut(envelopes: list[Envelope]) -> None:
+        if stored:
+            real(envelopes)  # stored, and the answer was lost on the way back
+        raise BrokerConnectionError("connection lost")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(app.broker, "enqueue", cut)
+        with pytest.raises(BrokerConnectionError):
+            invoice.enqueue([42], key="invoice-42")
+    first = invoice.enqueue([42], key="invoice-42")
+    again = invoice.enqueue([42], key="invoice-42")
+    assert again.id == first.id
+    assert ready(app) == 1
+    drain(app)
+    assert runs == [42]
+    assert first.status() == "succeeded"
+    assert invoice.enqueue([42], key="invoice-42").id == first.id  # finished: not again
+    drain(app)
+    assert runs == [42]
 
 
 def test_bad_unique_for_and_key_window_are_refused(app: App) -> None:

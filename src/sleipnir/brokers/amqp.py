@@ -217,6 +217,7 @@ class AMQPBroker(Broker):
     """The contract on RabbitMQ. See the module docstring for names and guarantees."""
 
     poll_interval = 0.05
+    finds_queued_jobs = False
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url

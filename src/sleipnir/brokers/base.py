@@ -9,6 +9,10 @@ checks them):
 
 * ``enqueue`` is all-or-nothing and durable when it returns (as durable as the
   backend's configuration makes it; each backend's docstring says what that is).
+  A job whose id the broker already holds (ready, scheduled, reserved or dead) is
+  left as it is, never overwritten, where the backend can find jobs by id
+  (``finds_queued_jobs``): a call that stores the job an earlier, failed call under
+  the same idempotency key may have stored does not store it twice.
 * ``reserve`` hands a job to exactly one caller at a time, with a lease ending
   at ``lease_until``. Each delivery raises the job's ``attempt`` by one; the
   first delivery has attempt 1. A delivery that follows a lease that ran out
@@ -162,6 +166,9 @@ class Broker(ABC):
     url: str
     poll_interval: float = 0.05
     """How long an idle worker waits between reserves on a backend that cannot wake it."""
+    finds_queued_jobs: bool = True
+    """Whether :meth:`job_info` finds a ready or scheduled job by its id (and ``enqueue``
+    leaves an id it holds as it is). RabbitMQ cannot look into a queue: ``False``."""
 
     @abstractmethod
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:

@@ -62,6 +62,8 @@ class MemoryBroker(Broker):
         now = self.clock.time()
         with self._lock:
             for env in envelopes:
+                if env.id in self._jobs or env.id in self._dead:
+                    continue  # an id already held is never overwritten
                 self._jobs[env.id] = _Entry(
                     seq=next(self._seq),
                     id=env.id,

@@ -368,6 +368,10 @@ class PostgresBroker(Broker):
             f"INSERT INTO {self._s}.jobs (id, queue, priority, visible_at, enqueued_at, body)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[],"
             " %s::float8[], %s::bytea[])"
+            " AS new (id, queue, priority, visible_at, enqueued_at, body)"
+            # An id already held, queued or dead, is left as it is (see Broker.enqueue).
+            f" WHERE NOT EXISTS (SELECT 1 FROM {self._s}.dead d WHERE d.id = new.id)"
+            " ON CONFLICT (id) DO NOTHING"
         )
         columns = [list(col) for col in zip(*rows, strict=True)]
         try:

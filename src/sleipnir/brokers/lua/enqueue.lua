@@ -8,19 +8,23 @@ local now = clock(ARGV[2])
 local woken = {}
 for i = 3, #ARGV, 5 do
   local id, q, pri, eta, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local seq = redis.call('INCR', P .. ':seq')
-  redis.call('HSET', P .. ':job:' .. id, 'body', body, 'queue', q, 'pri', pri, 'seq', seq,
-    'attempt', 0, 'token', '0', 'at', now)
-  local due = eta ~= '' and at(now, eta)
-  if due and due > now then
-    redis.call('ZADD', P .. ':sched:' .. q, due, id)
-  else
-    redis.call('ZADD', P .. ':ready:' .. q,
-      string.format('%.0f', -tonumber(pri) * 17592186044416 + seq), id)
-    redis.call('ZADD', P .. ':since:' .. q, now, id)
+  -- an id already held (stored by an earlier call under the same idempotency key) is
+  -- left as it is: never overwritten, whatever state it is in
+  if redis.call('EXISTS', P .. ':job:' .. id) == 0 then
+    local seq = redis.call('INCR', P .. ':seq')
+    redis.call('HSET', P .. ':job:' .. id, 'body', body, 'queue', q, 'pri', pri, 'seq', seq,
+      'attempt', 0, 'token', '0', 'at', now)
+    local due = eta ~= '' and at(now, eta)
+    if due and due > now then
+      redis.call('ZADD', P .. ':sched:' .. q, due, id)
+    else
+      redis.call('ZADD', P .. ':ready:' .. q,
+        string.format('%.0f', -tonumber(pri) * 17592186044416 + seq), id)
+      redis.call('ZADD', P .. ':since:' .. q, now, id)
+    end
+    -- a delayed job wakes a worker too, so that one idle worker learns its due time
+    woken[q] = true
   end
-  -- a delayed job wakes a worker too, so that one idle worker learns its due time
-  woken[q] = true
 end
 for q, _ in pairs(woken) do
   redis.call('SADD', P .. ':queues', q)
