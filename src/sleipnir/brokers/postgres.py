@@ -21,6 +21,13 @@ several apps or test runs can share one database), ``pool_size=`` (default 4),
 ``connect_timeout=`` seconds (default 5). Other libpq options
 (``sslmode=``, ``application_name=``...) pass through to the server.
 
+No call waits for ever on a server it cannot reach, a link that silently drops
+packets included: ``connect_timeout`` bounds a new connection, and TCP options
+derived from it (``tcp_user_timeout``, keepalives; see :func:`_timeouts`) make
+the kernel drop an open connection that goes silent for as long, discarding
+what it had not sent. A call fails with :class:`BrokerConnectionError` after
+about ``connect_timeout`` + 1 s.
+
 Tables (in the schema)::
 
     jobs        seq BIGSERIAL PRIMARY KEY      -- FIFO order within a priority
@@ -53,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -60,7 +68,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -175,15 +183,59 @@ CREATE TABLE IF NOT EXISTS {s}.slots (
 """
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_OUR_OPTIONS = {"schema", "pool_size"}
 
 
-def _parse(url: str) -> tuple[str, str, int, float]:
-    """Split a URL into (libpq conninfo URL, schema, pool size, connect timeout)."""
+def _timeouts(connect_timeout: int) -> dict[str, str]:
+    """The libpq options that bound every wait on the server to about ``connect_timeout``.
+
+    * A new connection: libpq's own ``connect_timeout``.
+    * An open one whose request (or COMMIT) the server does not acknowledge:
+      ``tcp_user_timeout``. The kernel then drops the connection *with its send
+      queue*, so bytes the caller gave up on are never delivered later.
+    * An open one waiting on an answer, with nothing left unacknowledged (the request
+      arrived, the reply is lost; or an idle LISTEN): TCP keepalives, a probe a
+      second after a little silence. On Linux ``tcp_user_timeout`` also ends the
+      probing, at ``connect_timeout``; elsewhere ``idle + interval * count`` does.
+      A server that is merely slow answers the probes and is waited for.
+    * ``options``: the same for the server's end of the connection, so a session
+      whose client vanished mid-transaction ends (and rolls back, freeing the rows it
+      locked) within ``connect_timeout`` instead of after the kernel's two hours.
+    """
+    idle = max(1, connect_timeout - 3)
+    user_timeout_ms = connect_timeout * 1000
+    return {
+        "keepalives": "1",
+        "keepalives_idle": str(idle),
+        "keepalives_interval": "1",
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(user_timeout_ms),
+        "options": (
+            f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval=1"
+            f" -c tcp_keepalives_count=3 -c tcp_user_timeout={user_timeout_ms}"
+        ),
+    }
+
+
+def _query(query: str) -> dict[str, str]:
+    """A URL's query as libpq reads it: ``%XX`` escapes decoded, ``+`` kept as it is."""
+    options = {}
+    for pair in query.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            options[unquote(key)] = unquote(value)
+    return options
+
+
+def _parse(url: str) -> tuple[str, str, int, int]:
+    """Split a URL into (libpq conninfo URL, schema, pool size, connect timeout).
+
+    The conninfo carries :func:`_timeouts`; an option the URL gives itself wins
+    (for ``options``, the URL's ``-c`` settings come after ours and override them).
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r}")
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = _query(parts.query)
     schema = options.pop("schema", "sleipnir")
     if not _SCHEMA_NAME.match(schema):
         raise ConfigurationError(
@@ -191,14 +243,26 @@ def _parse(url: str) -> tuple[str, str, int, float]:
         )
     try:
         pool_size = int(options.pop("pool_size", "4"))
-        connect_timeout = float(options.setdefault("connect_timeout", "5"))
+        seconds = float(options.get("connect_timeout", "5"))
     except ValueError:
         raise ConfigurationError(
             f"pool_size and connect_timeout must be numbers in {redact_url(url)!r}"
         ) from None
     if pool_size < 1:
         raise ConfigurationError("pool_size must be >= 1")
-    conninfo = url.split("?", 1)[0] + "?" + urlencode(options)
+    if not 0 < seconds < math.inf:
+        # libpq reads 0 as "wait for ever", which no call here may do.
+        raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
+    # libpq takes whole seconds, and reads anything under 2 as 2.
+    connect_timeout = max(2, math.ceil(seconds))
+    options["connect_timeout"] = str(connect_timeout)
+    for key, value in _timeouts(connect_timeout).items():
+        if key == "options":
+            # Ours first: a ``-c`` setting the URL repeats overrides ours.
+            options[key] = f"{value} {options[key]}" if options.get(key) else value
+        else:
+            options.setdefault(key, value)
+    conninfo = url.split("?", 1)[0] + "?" + urlencode(options, quote_via=quote)
     return conninfo, schema, pool_size, connect_timeout
 
 
@@ -223,6 +287,11 @@ class _Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema, self.pool_size, self.connect_timeout = _parse(url)
+        # What a call may wait for a connection, and the most it waits on a server it
+        # cannot reach: a new connection fails after connect_timeout, an open one is
+        # dropped by the kernel after as long (see _timeouts); a second on top for the
+        # pool to hand a fresh connection over.
+        self.timeout = self.connect_timeout + 1.0
         # Channel names are identifiers of at most 63 bytes: hash the schema into one.
         self.channel = "sleipnir_" + hashlib.sha1(self.schema.encode()).hexdigest()[:16]
         self._pool: ConnectionPool[Any] | None = None
@@ -238,13 +307,13 @@ class _Database:
                     self.conninfo,
                     min_size=1,
                     max_size=self.pool_size,
-                    timeout=self.connect_timeout + 1.0,
+                    timeout=self.timeout,
                     kwargs={"autocommit": False},
                     open=False,
                     name=f"sleipnir-{self.schema}",
                 )
                 with _errors(self.url):
-                    pool.open(wait=True, timeout=self.connect_timeout + 1.0)
+                    pool.open(wait=True, timeout=self.timeout)
                 try:
                     self._prepare(pool)
                 except BaseException:
@@ -270,19 +339,28 @@ class _Database:
         """``work(conn)`` in one transaction on a pooled connection, committed; its result.
 
         A connection the server closed while it sat in the pool (a restart, an
-        idle timeout, ``pg_terminate_backend``), or that breaks during the call,
-        is dropped and the call runs once more on a fresh one, but only where
-        running it twice cannot apply it twice:
+        idle timeout, ``pg_terminate_backend``), or that breaks during the call
+        (the kernel gave up on a link that went silent, see :func:`_timeouts`), is
+        dropped and the call runs once more on a fresh one, but only where running
+        it twice cannot apply it twice:
 
-        * the connection broke before COMMIT was sent: the server rolled the
-          transaction back when the connection went, so nothing of it was applied;
+        * the connection broke before COMMIT was sent: COMMIT never left this host
+          (psycopg sends it only once the work's last statement answered), so the
+          server rolls the transaction back, at once or, if the link went silent,
+          when its own keepalives find the client gone;
         * ``reads``: the work only reads, so a commit that may have been lost
           changed nothing either way.
 
         A connection lost *while committing* is never retried for a write: the
         COMMIT may have been applied with its answer lost, and running it again
         could store a job twice. That one case reaches the caller as a
-        :class:`BrokerConnectionError` that says the outcome is unknown.
+        :class:`BrokerConnectionError` that says the outcome is unknown. The
+        outcome is settled by then: a COMMIT still unsent when the kernel gave up
+        went with the connection's send queue.
+
+        The whole call, retry included, waits at most about ``self.timeout`` for a
+        server it cannot reach: the retry gets what is left of it, so after a cut
+        (the first try used its time up) it fails at once rather than wait again.
 
         Why not the pool's ``check`` (a test query each time a connection is
         taken): it costs a round trip on every call (measured on loopback, 25 to
@@ -293,8 +371,18 @@ class _Database:
         """
         with _errors(self.url):
             pool = self.pool()
+            deadline = time.monotonic() + self.timeout
+            lost: psycopg.OperationalError | None = None
             for last in (False, True):
-                conn = pool.getconn()
+                try:
+                    conn = pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+                except PoolTimeout as exc:
+                    if lost is None:
+                        raise
+                    raise BrokerConnectionError(
+                        f"PostgreSQL at {redact_url(self.url)} unreachable: the connection was "
+                        f"lost ({lost}) and no new one came in the call's {self.timeout:g} s"
+                    ) from exc
                 committing = False
                 try:
                     result = work(conn)
@@ -312,15 +400,18 @@ class _Database:
                         ) from exc
                     if last:
                         raise
+                    lost = exc
                     log.info("PostgreSQL connection lost (%s); once more on a fresh one", exc)
                 finally:
                     if not conn.broken and conn.info.transaction_status != _IDLE:
                         with contextlib.suppress(psycopg.Error):
                             conn.rollback()
                     pool.putconn(conn)  # a broken connection is discarded and replaced
-                # Its siblings in the pool most likely went with it (a restart): test
-                # them now, so the retry does not take the next stale one.
-                pool.check()
+                    if conn.broken:
+                        # Its siblings most likely went with it (a restart, a cut): close
+                        # the idle ones now, without a test query that could wait on a
+                        # dead link, so no later call takes the next stale one.
+                        pool.drain()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -641,17 +732,22 @@ class PostgresBroker(Broker):
                 self._drop_listener()
                 if listener is None or not listener.broken:
                     raise
-                # The listening connection was lost (a server restart): return as if
-                # woken, since a NOTIFY may have gone with it. The caller's next reserve
+                # The listening connection was lost (a server restart, or a link that
+                # went silent, within connect_timeout): return as if woken, since a
+                # NOTIFY may have gone with it. The caller's next reserve
                 # finds out whether the server is back; the next wait listens anew.
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
             self._db.pool()  # the schema (and its trigger) exists before we listen
-            conn = psycopg.connect(
-                self._db.conninfo, autocommit=True, connect_timeout=int(self._db.connect_timeout)
-            )
-            conn.execute(f"LISTEN {self._db.channel}")
+            # The conninfo's timeouts bound this connection as they bound the pool's: a
+            # listener whose link went silent breaks within connect_timeout.
+            conn = psycopg.connect(self._db.conninfo, autocommit=True)
+            try:
+                conn.execute(f"LISTEN {self._db.channel}")
+            except BaseException:
+                conn.close()
+                raise
             self._listener = conn
         return self._listener
 
