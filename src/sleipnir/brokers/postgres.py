@@ -51,8 +51,12 @@ Tables (in the schema)::
 As on SQLite, a job is reservable when ``visible_at <= now``: ready jobs,
 delayed jobs that came due and leases that ran out alike, so any worker's
 ordinary reserve reclaims the jobs of a dead one, with no extra daemon.
-Times come from the caller's clock (hosts must keep their clocks in sync, as
-with any lease system).
+``now`` is the server's clock, read where the statement runs (a broker given a
+clock of its own, a test's FakeClock, uses that one instead): lease ends, the
+"lease still runs" checks, due times, so a request that arrives late, or comes
+from a host whose clock is off, neither leases what it should not nor hands out
+a lease that has already run out. Times the caller computes itself (a job's
+``eta_at``, a retry's ``retry_at``, result and key expiries) are stored as given.
 """
 
 from __future__ import annotations
@@ -435,6 +439,14 @@ def _token() -> int:
     return secrets.randbits(62) | 1  # never 0, which means "not reserved"
 
 
+_SERVER_NOW = "extract(epoch from clock_timestamp())::float8"
+
+
+def _now_sql(param: str = "%s") -> str:
+    """SQL for "now": the caller's injected clock if it passed one, else the server's."""
+    return f"COALESCE({param}::float8, {_SERVER_NOW})"
+
+
 class PostgresBroker(Broker):
     """The contract on PostgreSQL. See the module docstring for the guarantees."""
 
@@ -447,24 +459,26 @@ class PostgresBroker(Broker):
         self._s = self._db.schema
         self._listener: psycopg.Connection[Any] | None = None
 
+    def _now(self) -> float | None:
+        """The time to pass as ``now`` to :func:`_now_sql`: ``None`` (the server's clock)
+        unless the broker was given a clock of its own (a test's FakeClock)."""
+        return None if type(self.clock) is SystemClock else self.clock.time()
+
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
             return
-        now = self.clock.time()
-        rows = [
-            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body)
-            for e in envelopes
-        ]
+        rows = [(e.id, e.queue, e.priority, e.eta_at, e.body) for e in envelopes]
         sql = (
             f"INSERT INTO {self._s}.jobs (id, queue, priority, visible_at, enqueued_at, body)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[],"
-            " %s::float8[], %s::bytea[])"
+            " SELECT i, q, p, COALESCE(v, t.now), t.now, b"
+            f" FROM (SELECT {_now_sql()} AS now) t, unnest(%s::text[], %s::text[], %s::int[],"
+            " %s::float8[], %s::bytea[]) AS u(i, q, p, v, b)"
         )
-        columns = [list(col) for col in zip(*rows, strict=True)]
+        params = [self._now(), *(list(col) for col in zip(*rows, strict=True))]
         try:
             # Retried on a fresh connection only when the first try certainly did not
             # commit (see _Database.run): a retry never stores a job twice.
-            self._db.run(lambda conn: conn.execute(sql, columns))
+            self._db.run(lambda conn: conn.execute(sql, params))
         except BrokerError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
                 raise BrokerError(f"a job with that id is already queued: {exc}") from exc
@@ -473,8 +487,7 @@ class PostgresBroker(Broker):
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
-        now = self.clock.time()
-        until = now + lease
+        now = self._now()
         token = _token()
 
         def work(conn: psycopg.Connection[Any]) -> list[Reservation]:
@@ -483,16 +496,20 @@ class PostgresBroker(Broker):
                 want = limit - len(out)
                 if want <= 0:
                     break
+                # "Now" is read once, where the statement runs: a request that reached
+                # the server late (a slow link) neither leases jobs whose lease ran out
+                # meanwhile nor hands out a lease that ends sooner than it should.
                 # A due row that still holds a token is a lease that ran out.
                 rows = conn.execute(
-                    f"UPDATE {self._s}.jobs j SET token = %s, attempt = j.attempt + 1,"
-                    " lost = j.lost + (j.token <> 0)::int, visible_at = %s"
-                    f" FROM (SELECT seq FROM {self._s}.jobs"
-                    "   WHERE queue = %s AND visible_at <= %s"
-                    "   ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) p"
+                    f"WITH t AS MATERIALIZED (SELECT {_now_sql('%(now)s')} AS now)"
+                    f" UPDATE {self._s}.jobs j SET token = %(token)s, attempt = j.attempt + 1,"
+                    " lost = j.lost + (j.token <> 0)::int, visible_at = t.now + %(lease)s"
+                    f" FROM t, (SELECT seq FROM {self._s}.jobs"
+                    "   WHERE queue = %(queue)s AND visible_at <= (SELECT now FROM t)"
+                    "   ORDER BY priority DESC, seq LIMIT %(want)s FOR UPDATE SKIP LOCKED) p"
                     " WHERE j.seq = p.seq"
-                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.lost, j.body",
-                    (token, until, queue, now, want),
+                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.lost, j.body, j.visible_at",
+                    {"now": now, "token": token, "lease": lease, "queue": queue, "want": want},
                 ).fetchall()
                 rows.sort(key=lambda r: (-r[2], r[0]))
                 out.extend(
@@ -506,15 +523,16 @@ class PostgresBroker(Broker):
                         priority=priority,
                         lost=lost,
                     )
-                    for seq, job_id, priority, attempt, lost, body in rows
+                    for seq, job_id, priority, attempt, lost, body, until in rows
                 )
             return out
 
         return self._db.run(work)
 
     # Every statement that acts on a reservation checks the token *and* that the
-    # lease still runs: a lease that ran out belongs to whoever reserves next.
-    _OWNED = "seq = %s AND token = %s AND visible_at > %s"
+    # lease still runs, by the server's clock: a lease that ran out belongs to
+    # whoever reserves next, however late the request arrived.
+    _OWNED = f"seq = %s AND token = %s AND visible_at > {_now_sql()}"
 
     def _each(self, sql: str, params: Sequence[tuple[object, ...]]) -> list[bool]:
         """Run ``sql`` once per parameter row in one transaction; report which changed a row."""
@@ -532,14 +550,14 @@ class PostgresBroker(Broker):
         return self._db.run(work)
 
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
-        now = self.clock.time()
+        now = self._now()
         return self._each(
-            f"UPDATE {self._s}.jobs SET visible_at = %s WHERE {self._OWNED}",
-            [(now + lease, *r.token, now) for r in reservations],
+            f"UPDATE {self._s}.jobs SET visible_at = {_now_sql()} + %s WHERE {self._OWNED}",
+            [(now, lease, *r.token, now) for r in reservations],
         )
 
     def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
-        now = self.clock.time()
+        now = self._now()
         return self._each(
             f"DELETE FROM {self._s}.jobs WHERE {self._OWNED}",
             [(*r.token, now) for r in reservations],
@@ -548,7 +566,7 @@ class PostgresBroker(Broker):
     def nack(self, nacks: Sequence[Nack]) -> list[bool]:
         if not nacks:
             return []
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> list[bool]:
             out = []
@@ -568,7 +586,7 @@ class PostgresBroker(Broker):
                         "  RETURNING id, queue, priority, attempt, body)"
                         f" INSERT INTO {self._s}.dead"
                         " (id, queue, priority, attempt, reason, failed_at, body)"
-                        " SELECT id, queue, priority, attempt, %s, %s, body FROM gone"
+                        f" SELECT id, queue, priority, attempt, %s, {_now_sql()}, body FROM gone"
                         " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue,"
                         " priority = excluded.priority, attempt = excluded.attempt,"
                         " reason = excluded.reason, failed_at = excluded.failed_at,"
@@ -583,26 +601,25 @@ class PostgresBroker(Broker):
     def release(
         self, reservations: Sequence[Reservation], ready_at: float | None = None
     ) -> list[bool]:
-        now = self.clock.time()
-        at = now if ready_at is None else max(now, ready_at)
+        now = self._now()
         return self._each(
-            f"UPDATE {self._s}.jobs SET token = 0, visible_at = %s, attempt = attempt - 1"
-            f" WHERE {self._OWNED}",
-            [(at, *r.token, now) for r in reservations],
+            f"UPDATE {self._s}.jobs SET token = 0, visible_at = GREATEST({_now_sql()}, %s),"
+            f" attempt = attempt - 1 WHERE {self._OWNED}",
+            [(now, ready_at, *r.token, now) for r in reservations],
         )
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> JobInfo | None:
             row = conn.execute(
-                f"SELECT queue, visible_at, token, attempt, last_error FROM {self._s}.jobs"
-                " WHERE id = %s",
-                (job_id,),
+                f"SELECT queue, visible_at <= {_now_sql()}, token, attempt, last_error"
+                f" FROM {self._s}.jobs WHERE id = %s",
+                (now, job_id),
             ).fetchone()
             if row is not None:
-                queue, visible_at, token, attempt, last_error = row
-                if visible_at <= now:
+                queue, due, token, attempt, last_error = row
+                if due:
                     state = BrokerJobState.READY
                 elif token:
                     state = BrokerJobState.RESERVED
@@ -619,20 +636,21 @@ class PostgresBroker(Broker):
         return self._db.run(work, reads=True)
 
     def stats(self) -> list[QueueStats]:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> dict[str, dict[str, object]]:
             counts: dict[str, dict[str, object]] = {
                 name: {} for (name,) in conn.execute(f"SELECT name FROM {self._s}.queues")
             }
             for queue, ready, scheduled, running, oldest, next_due in conn.execute(
-                "SELECT queue,"
-                " COUNT(*) FILTER (WHERE visible_at <= %(now)s),"
-                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token = 0),"
-                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token != 0),"
-                " MIN(visible_at) FILTER (WHERE visible_at <= %(now)s),"
-                " MIN(visible_at) FILTER (WHERE visible_at > %(now)s AND token = 0)"
-                f" FROM {self._s}.jobs GROUP BY queue",
+                f"WITH t AS MATERIALIZED (SELECT {_now_sql('%(now)s')} AS now)"
+                " SELECT queue,"
+                " COUNT(*) FILTER (WHERE visible_at <= t.now),"
+                " COUNT(*) FILTER (WHERE visible_at > t.now AND token = 0),"
+                " COUNT(*) FILTER (WHERE visible_at > t.now AND token != 0),"
+                " MIN(visible_at) FILTER (WHERE visible_at <= t.now),"
+                " MIN(visible_at) FILTER (WHERE visible_at > t.now AND token = 0)"
+                f" FROM {self._s}.jobs, t GROUP BY queue",
                 {"now": now},
             ):
                 counts[queue] = {
@@ -667,17 +685,18 @@ class PostgresBroker(Broker):
     def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
         if ids is not None and not ids:
             return []
-        now = self.clock.time()
+        now = self._now()
         where, params = ("", ()) if ids is None else ("WHERE id = ANY(%s)", (list(ids),))
 
         def work(conn: psycopg.Connection[Any]) -> list[Any]:
             return conn.execute(
                 f"WITH back AS (DELETE FROM {self._s}.dead {where}"
-                "  RETURNING id, queue, priority, body)"
+                "  RETURNING id, queue, priority, body),"
+                f" t AS MATERIALIZED (SELECT {_now_sql()} AS now)"
                 f" INSERT INTO {self._s}.jobs"
                 " (id, queue, priority, visible_at, enqueued_at, body)"
-                " SELECT id, queue, priority, %s, %s, body FROM back RETURNING id",
-                (*params, now, now),
+                " SELECT id, queue, priority, t.now, t.now, body FROM back, t RETURNING id",
+                (*params, now),
             ).fetchall()
 
         rows = self._db.run(work)
@@ -694,12 +713,12 @@ class PostgresBroker(Broker):
         return self._db.run(work)
 
     def purge(self, queue: str) -> int:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(
                 f"DELETE FROM {self._s}.jobs WHERE queue = %s"
-                " AND NOT (token != 0 AND visible_at > %s)",
+                f" AND NOT (token != 0 AND visible_at > {_now_sql()})",
                 (queue, now),
             ).rowcount
 
@@ -712,13 +731,14 @@ class PostgresBroker(Broker):
 
             def work(conn: psycopg.Connection[Any]) -> Any:
                 return conn.execute(
-                    f"SELECT MIN(visible_at) FROM {self._s}.jobs WHERE queue = ANY(%s)",
-                    (list(queues),),
+                    f"SELECT MIN(visible_at) - {_now_sql()} FROM {self._s}.jobs"
+                    " WHERE queue = ANY(%s)",
+                    (self._now(), list(queues)),
                 ).fetchone()
 
             row = self._db.run(work, reads=True)
             if row is not None and row[0] is not None:
-                deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock.time()))
+                deadline = min(deadline, time.monotonic() + max(0.0, row[0]))
         left = deadline - time.monotonic()
         if left <= 0:
             return
