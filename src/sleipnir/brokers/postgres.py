@@ -411,11 +411,13 @@ class _Database:
                         with contextlib.suppress(psycopg.Error):
                             conn.rollback()
                     pool.putconn(conn)  # a broken connection is discarded and replaced
-                    if conn.broken:
-                        # Its siblings most likely went with it (a restart, a cut): close
-                        # the idle ones now, without a test query that could wait on a
-                        # dead link, so no later call takes the next stale one.
-                        pool.drain()
+                    # Its siblings most likely went with it (a restart, a cut): close the
+                    # idle ones now, without a test query that could wait on a dead link,
+                    # so no later call takes the next stale one. (psycopg_pool 3.3+; on an
+                    # older pool each stale connection costs its call one retry instead.)
+                    drain = getattr(pool, "drain", None)
+                    if conn.broken and drain is not None:
+                        drain()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
