@@ -36,6 +36,56 @@ def test_a_schema_that_is_not_a_plain_identifier_is_refused(schema: str) -> None
         broker_from_url(f"postgresql://postgres@127.0.0.1/postgres?schema={schema}", SystemClock())
 
 
+def _conninfo(url: str) -> dict[str, object]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from sleipnir.brokers.postgres import _parse
+
+    return conninfo_to_dict(_parse(url)[0])
+
+
+def test_every_connection_gets_timeouts_that_bound_its_waits_on_a_silent_server() -> None:
+    info = _conninfo("postgresql://app@db.internal/app?schema=jobs")
+    assert {k: info.get(k) for k in ("connect_timeout", "tcp_user_timeout", "keepalives")} == {
+        "connect_timeout": "5",
+        "tcp_user_timeout": "5000",
+        "keepalives": "1",
+    }
+    # Probing starts after a short silence: idle + interval * count = connect_timeout.
+    idle, interval, count = (
+        int(str(info[f"keepalives_{k}"])) for k in ("idle", "interval", "count")
+    )
+    assert idle + interval * count == 5
+    # The server's end of each connection gets the same, so a session whose client
+    # vanished mid-transaction ends (and frees its rows) as soon.
+    assert str(info["options"]).split() == [
+        "-c", "tcp_keepalives_idle=2", "-c", "tcp_keepalives_interval=1",
+        "-c", "tcp_keepalives_count=3", "-c", "tcp_user_timeout=5000",
+    ]  # fmt: skip
+    assert "schema" not in info and "pool_size" not in info
+
+
+def test_the_timeouts_follow_connect_timeout_and_what_the_url_sets_wins() -> None:
+    info = _conninfo("postgresql://app@db/app?connect_timeout=30")
+    assert (info["tcp_user_timeout"], info["keepalives_idle"]) == ("30000", "27")
+    info = _conninfo(
+        "postgresql://app@db/app?tcp_user_timeout=9000&keepalives=0"
+        "&options=-c%20search_path%3Dx%20-c%20tcp_user_timeout%3D0&application_name=a+b"
+    )
+    assert (info["tcp_user_timeout"], info["keepalives"]) == ("9000", "0")
+    # The URL's own settings come after ours, so the server takes them.
+    assert str(info["options"]).endswith(" -c search_path=x -c tcp_user_timeout=0")
+    assert info["application_name"] == "a+b"  # as libpq reads it: "+" is no space
+    # libpq takes whole seconds (and reads anything under 2 as 2).
+    assert _conninfo("postgresql://app@db/app?connect_timeout=2.5")["connect_timeout"] == "3"
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "inf", "nan", "soon"])
+def test_a_connect_timeout_that_would_let_a_call_wait_for_ever_is_refused(timeout: str) -> None:
+    with pytest.raises(ConfigurationError, match="connect_timeout"):
+        broker_from_url(f"postgresql://app@db/app?connect_timeout={timeout}", SystemClock())
+
+
 def test_an_unreachable_server_gives_a_connection_error_without_the_password() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -21,6 +21,13 @@ several apps or test runs can share one database), ``pool_size=`` (default 4),
 ``connect_timeout=`` seconds (default 5). Other libpq options
 (``sslmode=``, ``application_name=``...) pass through to the server.
 
+No call waits for ever on a server it cannot reach, a link that silently drops
+packets included: ``connect_timeout`` bounds a new connection, and TCP options
+derived from it (``tcp_user_timeout``, keepalives; see :func:`_timeouts`) make
+the kernel drop an open connection that goes silent for as long, discarding
+what it had not sent. A call fails with :class:`BrokerConnectionError` after
+about ``connect_timeout`` + 1 s.
+
 Tables (in the schema)::
 
     jobs        seq BIGSERIAL PRIMARY KEY      -- FIFO order within a priority
@@ -44,8 +51,12 @@ Tables (in the schema)::
 As on SQLite, a job is reservable when ``visible_at <= now``: ready jobs,
 delayed jobs that came due and leases that ran out alike, so any worker's
 ordinary reserve reclaims the jobs of a dead one, with no extra daemon.
-Times come from the caller's clock (hosts must keep their clocks in sync, as
-with any lease system).
+``now`` is the server's clock, read where the statement runs (a broker given a
+clock of its own, a test's FakeClock, uses that one instead): lease ends, the
+"lease still runs" checks, due times, so a request that arrives late, or comes
+from a host whose clock is off, neither leases what it should not nor hands out
+a lease that has already run out. Times the caller computes itself (a job's
+``eta_at``, a retry's ``retry_at``, result and key expiries) are stored as given.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -60,7 +72,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -175,15 +187,59 @@ CREATE TABLE IF NOT EXISTS {s}.slots (
 """
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_OUR_OPTIONS = {"schema", "pool_size"}
 
 
-def _parse(url: str) -> tuple[str, str, int, float]:
-    """Split a URL into (libpq conninfo URL, schema, pool size, connect timeout)."""
+def _timeouts(connect_timeout: int) -> dict[str, str]:
+    """The libpq options that bound every wait on the server to about ``connect_timeout``.
+
+    * A new connection: libpq's own ``connect_timeout``.
+    * An open one whose request (or COMMIT) the server does not acknowledge:
+      ``tcp_user_timeout``. The kernel then drops the connection *with its send
+      queue*, so bytes the caller gave up on are never delivered later.
+    * An open one waiting on an answer, with nothing left unacknowledged (the request
+      arrived, the reply is lost; or an idle LISTEN): TCP keepalives, a probe a
+      second after a little silence. On Linux ``tcp_user_timeout`` also ends the
+      probing, at ``connect_timeout``; elsewhere ``idle + interval * count`` does.
+      A server that is merely slow answers the probes and is waited for.
+    * ``options``: the same for the server's end of the connection, so a session
+      whose client vanished mid-transaction ends (and rolls back, freeing the rows it
+      locked) within ``connect_timeout`` instead of after the kernel's two hours.
+    """
+    idle = max(1, connect_timeout - 3)
+    user_timeout_ms = connect_timeout * 1000
+    return {
+        "keepalives": "1",
+        "keepalives_idle": str(idle),
+        "keepalives_interval": "1",
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(user_timeout_ms),
+        "options": (
+            f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval=1"
+            f" -c tcp_keepalives_count=3 -c tcp_user_timeout={user_timeout_ms}"
+        ),
+    }
+
+
+def _query(query: str) -> dict[str, str]:
+    """A URL's query as libpq reads it: ``%XX`` escapes decoded, ``+`` kept as it is."""
+    options = {}
+    for pair in query.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            options[unquote(key)] = unquote(value)
+    return options
+
+
+def _parse(url: str) -> tuple[str, str, int, int]:
+    """Split a URL into (libpq conninfo URL, schema, pool size, connect timeout).
+
+    The conninfo carries :func:`_timeouts`; an option the URL gives itself wins
+    (for ``options``, the URL's ``-c`` settings come after ours and override them).
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r}")
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = _query(parts.query)
     schema = options.pop("schema", "sleipnir")
     if not _SCHEMA_NAME.match(schema):
         raise ConfigurationError(
@@ -191,14 +247,26 @@ def _parse(url: str) -> tuple[str, str, int, float]:
         )
     try:
         pool_size = int(options.pop("pool_size", "4"))
-        connect_timeout = float(options.setdefault("connect_timeout", "5"))
+        seconds = float(options.get("connect_timeout", "5"))
     except ValueError:
         raise ConfigurationError(
             f"pool_size and connect_timeout must be numbers in {redact_url(url)!r}"
         ) from None
     if pool_size < 1:
         raise ConfigurationError("pool_size must be >= 1")
-    conninfo = url.split("?", 1)[0] + "?" + urlencode(options)
+    if not 0 < seconds < math.inf:
+        # libpq reads 0 as "wait for ever", which no call here may do.
+        raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
+    # libpq takes whole seconds, and reads anything under 2 as 2.
+    connect_timeout = max(2, math.ceil(seconds))
+    options["connect_timeout"] = str(connect_timeout)
+    for key, value in _timeouts(connect_timeout).items():
+        if key == "options":
+            # Ours first: a ``-c`` setting the URL repeats overrides ours.
+            options[key] = f"{value} {options[key]}" if options.get(key) else value
+        else:
+            options.setdefault(key, value)
+    conninfo = url.split("?", 1)[0] + "?" + urlencode(options, quote_via=quote)
     return conninfo, schema, pool_size, connect_timeout
 
 
@@ -223,6 +291,11 @@ class _Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema, self.pool_size, self.connect_timeout = _parse(url)
+        # What a call may wait for a connection, and the most it waits on a server it
+        # cannot reach: a new connection fails after connect_timeout, an open one is
+        # dropped by the kernel after as long (see _timeouts); a second on top for the
+        # pool to hand a fresh connection over.
+        self.timeout = self.connect_timeout + 1.0
         # Channel names are identifiers of at most 63 bytes: hash the schema into one.
         self.channel = "sleipnir_" + hashlib.sha1(self.schema.encode()).hexdigest()[:16]
         self._pool: ConnectionPool[Any] | None = None
@@ -238,13 +311,13 @@ class _Database:
                     self.conninfo,
                     min_size=1,
                     max_size=self.pool_size,
-                    timeout=self.connect_timeout + 1.0,
+                    timeout=self.timeout,
                     kwargs={"autocommit": False},
                     open=False,
                     name=f"sleipnir-{self.schema}",
                 )
                 with _errors(self.url):
-                    pool.open(wait=True, timeout=self.connect_timeout + 1.0)
+                    pool.open(wait=True, timeout=self.timeout)
                 try:
                     self._prepare(pool)
                 except BaseException:
@@ -270,19 +343,28 @@ class _Database:
         """``work(conn)`` in one transaction on a pooled connection, committed; its result.
 
         A connection the server closed while it sat in the pool (a restart, an
-        idle timeout, ``pg_terminate_backend``), or that breaks during the call,
-        is dropped and the call runs once more on a fresh one, but only where
-        running it twice cannot apply it twice:
+        idle timeout, ``pg_terminate_backend``), or that breaks during the call
+        (the kernel gave up on a link that went silent, see :func:`_timeouts`), is
+        dropped and the call runs once more on a fresh one, but only where running
+        it twice cannot apply it twice:
 
-        * the connection broke before COMMIT was sent: the server rolled the
-          transaction back when the connection went, so nothing of it was applied;
+        * the connection broke before COMMIT was sent: COMMIT never left this host
+          (psycopg sends it only once the work's last statement answered), so the
+          server rolls the transaction back, at once or, if the link went silent,
+          when its own keepalives find the client gone;
         * ``reads``: the work only reads, so a commit that may have been lost
           changed nothing either way.
 
         A connection lost *while committing* is never retried for a write: the
         COMMIT may have been applied with its answer lost, and running it again
         could store a job twice. That one case reaches the caller as a
-        :class:`BrokerConnectionError` that says the outcome is unknown.
+        :class:`BrokerConnectionError` that says the outcome is unknown. The
+        outcome is settled by then: a COMMIT still unsent when the kernel gave up
+        went with the connection's send queue.
+
+        The whole call, retry included, waits at most about ``self.timeout`` for a
+        server it cannot reach: the retry gets what is left of it, so after a cut
+        (the first try used its time up) it fails at once rather than wait again.
 
         Why not the pool's ``check`` (a test query each time a connection is
         taken): it costs a round trip on every call (measured on loopback, 25 to
@@ -293,8 +375,18 @@ class _Database:
         """
         with _errors(self.url):
             pool = self.pool()
+            deadline = time.monotonic() + self.timeout
+            lost: psycopg.OperationalError | None = None
             for last in (False, True):
-                conn = pool.getconn()
+                try:
+                    conn = pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+                except PoolTimeout as exc:
+                    if lost is None:
+                        raise
+                    raise BrokerConnectionError(
+                        f"PostgreSQL at {redact_url(self.url)} unreachable: the connection was "
+                        f"lost ({lost}) and no new one came in the call's {self.timeout:g} s"
+                    ) from exc
                 committing = False
                 try:
                     result = work(conn)
@@ -312,15 +404,20 @@ class _Database:
                         ) from exc
                     if last:
                         raise
+                    lost = exc
                     log.info("PostgreSQL connection lost (%s); once more on a fresh one", exc)
                 finally:
                     if not conn.broken and conn.info.transaction_status != _IDLE:
                         with contextlib.suppress(psycopg.Error):
                             conn.rollback()
                     pool.putconn(conn)  # a broken connection is discarded and replaced
-                # Its siblings in the pool most likely went with it (a restart): test
-                # them now, so the retry does not take the next stale one.
-                pool.check()
+                    # Its siblings most likely went with it (a restart, a cut): close the
+                    # idle ones now, without a test query that could wait on a dead link,
+                    # so no later call takes the next stale one. (psycopg_pool 3.3+; on an
+                    # older pool each stale connection costs its call one retry instead.)
+                    drain = getattr(pool, "drain", None)
+                    if conn.broken and drain is not None:
+                        drain()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -344,6 +441,14 @@ def _token() -> int:
     return secrets.randbits(62) | 1  # never 0, which means "not reserved"
 
 
+_SERVER_NOW = "extract(epoch from clock_timestamp())::float8"
+
+
+def _now_sql(param: str = "%s") -> str:
+    """SQL for "now": the caller's injected clock if it passed one, else the server's."""
+    return f"COALESCE({param}::float8, {_SERVER_NOW})"
+
+
 class PostgresBroker(Broker):
     """The contract on PostgreSQL. See the module docstring for the guarantees."""
 
@@ -356,28 +461,29 @@ class PostgresBroker(Broker):
         self._s = self._db.schema
         self._listener: psycopg.Connection[Any] | None = None
 
+    def _now(self) -> float | None:
+        """The time to pass as ``now`` to :func:`_now_sql`: ``None`` (the server's clock)
+        unless the broker was given a clock of its own (a test's FakeClock)."""
+        return None if type(self.clock) is SystemClock else self.clock.time()
+
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
             return
-        now = self.clock.time()
-        rows = [
-            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body)
-            for e in envelopes
-        ]
+        rows = [(e.id, e.queue, e.priority, e.eta_at, e.body) for e in envelopes]
         sql = (
             f"INSERT INTO {self._s}.jobs (id, queue, priority, visible_at, enqueued_at, body)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[],"
-            " %s::float8[], %s::bytea[])"
-            " AS new (id, queue, priority, visible_at, enqueued_at, body)"
+            " SELECT i, q, p, COALESCE(v, t.now), t.now, b"
+            f" FROM (SELECT {_now_sql()} AS now) t, unnest(%s::text[], %s::text[], %s::int[],"
+            " %s::float8[], %s::bytea[]) AS u(i, q, p, v, b)"
             # An id already held, queued or dead, is left as it is (see Broker.enqueue).
-            f" WHERE NOT EXISTS (SELECT 1 FROM {self._s}.dead d WHERE d.id = new.id)"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {self._s}.dead d WHERE d.id = u.i)"
             " ON CONFLICT (id) DO NOTHING"
         )
-        columns = [list(col) for col in zip(*rows, strict=True)]
+        params = [self._now(), *(list(col) for col in zip(*rows, strict=True))]
         try:
             # Retried on a fresh connection only when the first try certainly did not
             # commit (see _Database.run): a retry never stores a job twice.
-            self._db.run(lambda conn: conn.execute(sql, columns))
+            self._db.run(lambda conn: conn.execute(sql, params))
         except BrokerError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
                 raise BrokerError(f"a job with that id is already queued: {exc}") from exc
@@ -386,8 +492,7 @@ class PostgresBroker(Broker):
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
-        now = self.clock.time()
-        until = now + lease
+        now = self._now()
         token = _token()
 
         def work(conn: psycopg.Connection[Any]) -> list[Reservation]:
@@ -396,16 +501,20 @@ class PostgresBroker(Broker):
                 want = limit - len(out)
                 if want <= 0:
                     break
+                # "Now" is read once, where the statement runs: a request that reached
+                # the server late (a slow link) neither leases jobs whose lease ran out
+                # meanwhile nor hands out a lease that ends sooner than it should.
                 # A due row that still holds a token is a lease that ran out.
                 rows = conn.execute(
-                    f"UPDATE {self._s}.jobs j SET token = %s, attempt = j.attempt + 1,"
-                    " lost = j.lost + (j.token <> 0)::int, visible_at = %s"
-                    f" FROM (SELECT seq FROM {self._s}.jobs"
-                    "   WHERE queue = %s AND visible_at <= %s"
-                    "   ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) p"
+                    f"WITH t AS MATERIALIZED (SELECT {_now_sql('%(now)s')} AS now)"
+                    f" UPDATE {self._s}.jobs j SET token = %(token)s, attempt = j.attempt + 1,"
+                    " lost = j.lost + (j.token <> 0)::int, visible_at = t.now + %(lease)s"
+                    f" FROM t, (SELECT seq FROM {self._s}.jobs"
+                    "   WHERE queue = %(queue)s AND visible_at <= (SELECT now FROM t)"
+                    "   ORDER BY priority DESC, seq LIMIT %(want)s FOR UPDATE SKIP LOCKED) p"
                     " WHERE j.seq = p.seq"
-                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.lost, j.body",
-                    (token, until, queue, now, want),
+                    " RETURNING j.seq, j.id, j.priority, j.attempt, j.lost, j.body, j.visible_at",
+                    {"now": now, "token": token, "lease": lease, "queue": queue, "want": want},
                 ).fetchall()
                 rows.sort(key=lambda r: (-r[2], r[0]))
                 out.extend(
@@ -419,15 +528,16 @@ class PostgresBroker(Broker):
                         priority=priority,
                         lost=lost,
                     )
-                    for seq, job_id, priority, attempt, lost, body in rows
+                    for seq, job_id, priority, attempt, lost, body, until in rows
                 )
             return out
 
         return self._db.run(work)
 
     # Every statement that acts on a reservation checks the token *and* that the
-    # lease still runs: a lease that ran out belongs to whoever reserves next.
-    _OWNED = "seq = %s AND token = %s AND visible_at > %s"
+    # lease still runs, by the server's clock: a lease that ran out belongs to
+    # whoever reserves next, however late the request arrived.
+    _OWNED = f"seq = %s AND token = %s AND visible_at > {_now_sql()}"
 
     def _each(self, sql: str, params: Sequence[tuple[object, ...]]) -> list[bool]:
         """Run ``sql`` once per parameter row in one transaction; report which changed a row."""
@@ -445,14 +555,14 @@ class PostgresBroker(Broker):
         return self._db.run(work)
 
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
-        now = self.clock.time()
+        now = self._now()
         return self._each(
-            f"UPDATE {self._s}.jobs SET visible_at = %s WHERE {self._OWNED}",
-            [(now + lease, *r.token, now) for r in reservations],
+            f"UPDATE {self._s}.jobs SET visible_at = {_now_sql()} + %s WHERE {self._OWNED}",
+            [(now, lease, *r.token, now) for r in reservations],
         )
 
     def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
-        now = self.clock.time()
+        now = self._now()
         return self._each(
             f"DELETE FROM {self._s}.jobs WHERE {self._OWNED}",
             [(*r.token, now) for r in reservations],
@@ -461,7 +571,7 @@ class PostgresBroker(Broker):
     def nack(self, nacks: Sequence[Nack]) -> list[bool]:
         if not nacks:
             return []
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> list[bool]:
             out = []
@@ -481,7 +591,7 @@ class PostgresBroker(Broker):
                         "  RETURNING id, queue, priority, attempt, body)"
                         f" INSERT INTO {self._s}.dead"
                         " (id, queue, priority, attempt, reason, failed_at, body)"
-                        " SELECT id, queue, priority, attempt, %s, %s, body FROM gone"
+                        f" SELECT id, queue, priority, attempt, %s, {_now_sql()}, body FROM gone"
                         " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue,"
                         " priority = excluded.priority, attempt = excluded.attempt,"
                         " reason = excluded.reason, failed_at = excluded.failed_at,"
@@ -496,26 +606,25 @@ class PostgresBroker(Broker):
     def release(
         self, reservations: Sequence[Reservation], ready_at: float | None = None
     ) -> list[bool]:
-        now = self.clock.time()
-        at = now if ready_at is None else max(now, ready_at)
+        now = self._now()
         return self._each(
-            f"UPDATE {self._s}.jobs SET token = 0, visible_at = %s, attempt = attempt - 1"
-            f" WHERE {self._OWNED}",
-            [(at, *r.token, now) for r in reservations],
+            f"UPDATE {self._s}.jobs SET token = 0, visible_at = GREATEST({_now_sql()}, %s),"
+            f" attempt = attempt - 1 WHERE {self._OWNED}",
+            [(now, ready_at, *r.token, now) for r in reservations],
         )
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> JobInfo | None:
             row = conn.execute(
-                f"SELECT queue, visible_at, token, attempt, last_error FROM {self._s}.jobs"
-                " WHERE id = %s",
-                (job_id,),
+                f"SELECT queue, visible_at <= {_now_sql()}, token, attempt, last_error"
+                f" FROM {self._s}.jobs WHERE id = %s",
+                (now, job_id),
             ).fetchone()
             if row is not None:
-                queue, visible_at, token, attempt, last_error = row
-                if visible_at <= now:
+                queue, due, token, attempt, last_error = row
+                if due:
                     state = BrokerJobState.READY
                 elif token:
                     state = BrokerJobState.RESERVED
@@ -532,20 +641,21 @@ class PostgresBroker(Broker):
         return self._db.run(work, reads=True)
 
     def stats(self) -> list[QueueStats]:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> dict[str, dict[str, object]]:
             counts: dict[str, dict[str, object]] = {
                 name: {} for (name,) in conn.execute(f"SELECT name FROM {self._s}.queues")
             }
             for queue, ready, scheduled, running, oldest, next_due in conn.execute(
-                "SELECT queue,"
-                " COUNT(*) FILTER (WHERE visible_at <= %(now)s),"
-                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token = 0),"
-                " COUNT(*) FILTER (WHERE visible_at > %(now)s AND token != 0),"
-                " MIN(visible_at) FILTER (WHERE visible_at <= %(now)s),"
-                " MIN(visible_at) FILTER (WHERE visible_at > %(now)s AND token = 0)"
-                f" FROM {self._s}.jobs GROUP BY queue",
+                f"WITH t AS MATERIALIZED (SELECT {_now_sql('%(now)s')} AS now)"
+                " SELECT queue,"
+                " COUNT(*) FILTER (WHERE visible_at <= t.now),"
+                " COUNT(*) FILTER (WHERE visible_at > t.now AND token = 0),"
+                " COUNT(*) FILTER (WHERE visible_at > t.now AND token != 0),"
+                " MIN(visible_at) FILTER (WHERE visible_at <= t.now),"
+                " MIN(visible_at) FILTER (WHERE visible_at > t.now AND token = 0)"
+                f" FROM {self._s}.jobs, t GROUP BY queue",
                 {"now": now},
             ):
                 counts[queue] = {
@@ -580,17 +690,18 @@ class PostgresBroker(Broker):
     def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
         if ids is not None and not ids:
             return []
-        now = self.clock.time()
+        now = self._now()
         where, params = ("", ()) if ids is None else ("WHERE id = ANY(%s)", (list(ids),))
 
         def work(conn: psycopg.Connection[Any]) -> list[Any]:
             return conn.execute(
                 f"WITH back AS (DELETE FROM {self._s}.dead {where}"
-                "  RETURNING id, queue, priority, body)"
+                "  RETURNING id, queue, priority, body),"
+                f" t AS MATERIALIZED (SELECT {_now_sql()} AS now)"
                 f" INSERT INTO {self._s}.jobs"
                 " (id, queue, priority, visible_at, enqueued_at, body)"
-                " SELECT id, queue, priority, %s, %s, body FROM back RETURNING id",
-                (*params, now, now),
+                " SELECT id, queue, priority, t.now, t.now, body FROM back, t RETURNING id",
+                (*params, now),
             ).fetchall()
 
         rows = self._db.run(work)
@@ -607,12 +718,12 @@ class PostgresBroker(Broker):
         return self._db.run(work)
 
     def purge(self, queue: str) -> int:
-        now = self.clock.time()
+        now = self._now()
 
         def work(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(
                 f"DELETE FROM {self._s}.jobs WHERE queue = %s"
-                " AND NOT (token != 0 AND visible_at > %s)",
+                f" AND NOT (token != 0 AND visible_at > {_now_sql()})",
                 (queue, now),
             ).rowcount
 
@@ -625,13 +736,14 @@ class PostgresBroker(Broker):
 
             def work(conn: psycopg.Connection[Any]) -> Any:
                 return conn.execute(
-                    f"SELECT MIN(visible_at) FROM {self._s}.jobs WHERE queue = ANY(%s)",
-                    (list(queues),),
+                    f"SELECT MIN(visible_at) - {_now_sql()} FROM {self._s}.jobs"
+                    " WHERE queue = ANY(%s)",
+                    (self._now(), list(queues)),
                 ).fetchone()
 
             row = self._db.run(work, reads=True)
             if row is not None and row[0] is not None:
-                deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock.time()))
+                deadline = min(deadline, time.monotonic() + max(0.0, row[0]))
         left = deadline - time.monotonic()
         if left <= 0:
             return
@@ -645,17 +757,22 @@ class PostgresBroker(Broker):
                 self._drop_listener()
                 if listener is None or not listener.broken:
                     raise
-                # The listening connection was lost (a server restart): return as if
-                # woken, since a NOTIFY may have gone with it. The caller's next reserve
+                # The listening connection was lost (a server restart, or a link that
+                # went silent, within connect_timeout): return as if woken, since a
+                # NOTIFY may have gone with it. The caller's next reserve
                 # finds out whether the server is back; the next wait listens anew.
 
     def _listen(self) -> psycopg.Connection[Any]:
         if self._listener is None or self._listener.closed:
             self._db.pool()  # the schema (and its trigger) exists before we listen
-            conn = psycopg.connect(
-                self._db.conninfo, autocommit=True, connect_timeout=int(self._db.connect_timeout)
-            )
-            conn.execute(f"LISTEN {self._db.channel}")
+            # The conninfo's timeouts bound this connection as they bound the pool's: a
+            # listener whose link went silent breaks within connect_timeout.
+            conn = psycopg.connect(self._db.conninfo, autocommit=True)
+            try:
+                conn.execute(f"LISTEN {self._db.channel}")
+            except BaseException:
+                conn.close()
+                raise
             self._listener = conn
         return self._listener
 
