@@ -600,17 +600,17 @@ def test_a_worker_cut_off_mid_job_says_so_within_the_bound_and_carries_on(
             wait_until(lambda: box.runs()["first"] == 1, 20, w.output)
 
             partition.cut()
+            cut_at = time.monotonic()
             box.release()  # "first" finishes while the worker is cut off: its ack cannot go
             box.wait_logged(w, "settling 1 jobs failed", 20)
-            cut_for = time.monotonic()
             box.wait_logged(w, "reserve failed", 20)
             restored = partition.restore()
-            cut_for = restored - cut_for
 
             second = jobs.record.delay("second")
             wait_until(lambda: box.runs()["second"] == 1, 30, w.output)
             ran_after = time.monotonic() - restored
-            wait_until(lambda: box.app.status(first.id) == "succeeded", 30, w.output)
+            for handle in (first, second):
+                wait_until(lambda h=handle: box.app.status(h.id) == "succeeded", 30, w.output)
             log = w.stderr()
             print(
                 f"\na job enqueued when the link came back ran {ran_after:.2f} s later; "
@@ -618,9 +618,8 @@ def test_a_worker_cut_off_mid_job_says_so_within_the_bound_and_carries_on(
             )
             w.assert_running()
             assert "no answer from RabbitMQ" in log and "within the 5 s bound" in log, log
-            # "first" may run again (its ack never arrived, so RabbitMQ hands it out once
-            # the aborted connection is gone): at least once.
-            assert box.app.status(second.id) == "succeeded"
-            assert ran_after <= 2 * (RECOVERY + SLACK), (ran_after, cut_for)
+            # "first" may have run again (its ack never arrived, so RabbitMQ handed it out
+            # once the aborted connection was gone): at least once.
+            assert ran_after <= 2 * (RECOVERY + SLACK), (ran_after, restored - cut_at)
         finally:
             box.close()
