@@ -413,13 +413,39 @@ def test_a_lost_connection_raises_at_once_and_the_next_call_reconnects(
 
 @pytest.mark.parametrize(
     "query",
-    ["queue_type=stream", "park_after=0", "park_after=soon", "heartbeat=-1", "prefix=a:b"],
+    [
+        "queue_type=stream",
+        "park_after=0",
+        "park_after=soon",
+        "heartbeat=-1",
+        "prefix=a:b",
+        "timeout=0",
+        "connect_timeout=inf",
+    ],
 )
 def test_a_bad_url_option_is_refused_when_the_broker_is_built(query: str) -> None:
     from sleipnir.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError):
         AMQPBroker(f"amqp://guest:guest@{HOST}:{PORT}/%2F?{query}")
+
+
+def test_the_bound_is_derived_from_timeout_and_pikas_own_options_in_the_url_win() -> None:
+    from sleipnir.brokers.amqp_link import parse_url
+
+    params, options = parse_url(f"amqp://guest:guest@{HOST}:{PORT}/%2F")
+    assert (options.timeout, options.connect_timeout) == (5.0, 1.5)
+    assert (params.socket_timeout, params.stack_timeout) == (1.5, 5.0)
+    assert params.blocked_connection_timeout == 5.0
+    assert params.tcp_options["TCP_USER_TIMEOUT"] == 5000
+
+    params, options = parse_url(
+        f"amqp://guest:guest@{HOST}:{PORT}/%2F?timeout=2&socket_timeout=7&stack_timeout=9"
+    )
+    assert options.timeout == 2.0
+    assert (params.socket_timeout, params.stack_timeout) == (7.0, 9.0)
+    assert params.blocked_connection_timeout == 2.0
+    assert params.tcp_options["TCP_USER_TIMEOUT"] == 2000
 
 
 def test_priorities_map_onto_rabbitmqs_0_to_9_around_the_default() -> None:

@@ -12,7 +12,10 @@ at a time so that threads wait for their confirms side by side.
 
 URL options: ``prefix`` (default ``sleipnir``), ``queue_type`` (``classic`` or
 ``quorum``), ``park_after`` (seconds, default 900), ``heartbeat`` (seconds,
-default 30), ``connect_timeout`` (seconds, default 5); the rest goes to pika.
+default 30), ``connect_timeout`` (seconds, default 1.5), ``timeout`` (seconds,
+default 5: the bound on every call, see :mod:`sleipnir.brokers.amqp_link`);
+the rest goes to pika, and pika's own timeouts named there win over the ones
+Sleipnir derives.
 
 Names (``P`` is the prefix, ``q`` a Sleipnir queue, which may not contain ``:``)::
 
@@ -225,11 +228,15 @@ class AMQPBroker(Broker):
         params, self.options = parse_url(url)
         self.topology = Topology(self.options)
         self.names = self.topology.names
-        self._pub = LinkPool(lambda: Link(params, url, "producer"), PRODUCER_CONNECTIONS)
-        self._bulk = LinkPool(
-            lambda: Link(params, url, "bulk producer", transactional=True), BULK_CONNECTIONS
+        timeout = self.options.timeout
+        self._pub = LinkPool(
+            lambda: Link(params, url, "producer", timeout=timeout), PRODUCER_CONNECTIONS
         )
-        self._con = Link(params, url, "consumer")
+        self._bulk = LinkPool(
+            lambda: Link(params, url, "bulk producer", timeout=timeout, transactional=True),
+            BULK_CONNECTIONS,
+        )
+        self._con = Link(params, url, "consumer", timeout=timeout)
         self._generation = 0
         self._buffer: dict[str, deque[_Delivery]] = {}
         self._held: dict[int, _Delivery] = {}
@@ -243,7 +250,7 @@ class AMQPBroker(Broker):
 
     def _queues(self) -> list[str]:
         """Every queue of this prefix that ever held a job."""
-        with self._con.lock, self._con.errors("reading the queue registry"):
+        with self._con.call("reading the queue registry"):
             self.topology.registered = set(self.topology.read_registry(self._con))
         return sorted(self.topology.registered)
 
@@ -292,17 +299,24 @@ class AMQPBroker(Broker):
             return
         for e in envelopes:
             self.names.check(e.queue)
-        pool = self._pub if len(envelopes) == 1 else self._bulk
-        with pool.take(timeout=30.0) as link:
+        single = len(envelopes) == 1
+        pool = self._pub if single else self._bulk
+        # One job: done or failed within ``timeout`` in all. A batch may be large, so
+        # only its waits are bounded (each by ``timeout``), and its wait for a link.
+        until = time.monotonic() + self.options.timeout
+        with pool.take(until) as link:
             for trial in (1, 2):
                 try:
-                    with link.errors("enqueueing"):
+                    with link.call("enqueueing", until if single else None):
                         self._enqueue_on(link, envelopes)
                     return
                 except BrokerConnectionError:
                     # The connection broke under us (or the server had closed it while it
-                    # was idle): the unconfirmed jobs go out once more on a new one.
-                    if trial == 2:
+                    # was idle): the unconfirmed jobs go out once more on a new one. Not
+                    # after a wait ran out (the link is silent, and the connection was
+                    # aborted so that nothing it held is stored late), nor when no
+                    # connection could be opened.
+                    if trial == 2 or not link.broke:
                         raise
                     log.info("RabbitMQ connection lost while enqueueing; reconnecting once")
 
@@ -414,18 +428,24 @@ class AMQPBroker(Broker):
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
+        until = self._con.deadline()
         try:
-            return self._reserve(queues, limit, lease)
+            return self._reserve(queues, limit, lease, until)
         except BrokerConnectionError:
             # The connection broke during the call. Safe to ask again on a new one: what
             # the old channel held goes back to its queues when it closes, and its
-            # tokens are stale. (A server that is still down fails again at once.)
+            # tokens are stale. Not after a wait ran out (the link is silent), nor
+            # when no connection could be opened.
+            if not self._con.broke:
+                raise
             log.info("RabbitMQ connection lost while reserving; reconnecting once")
-            return self._reserve(queues, limit, lease)
+            return self._reserve(queues, limit, lease, until)
 
-    def _reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
+    def _reserve(
+        self, queues: Sequence[str], limit: int, lease: float, until: float
+    ) -> list[Reservation]:
         out: list[Reservation] = []
-        with self._con.lock, self._con.errors("reserving"):
+        with self._con.call("reserving", until):
             ch = self._consume_channel()
             for q in queues:
                 self.topology.ensure(self._con, q)
@@ -515,7 +535,7 @@ class AMQPBroker(Broker):
         out: list[bool] = []
         if not items:
             return out
-        with self._con.lock, self._con.errors(doing):
+        with self._con.call(doing, self._con.deadline()):
             # A connection that died while the jobs ran took their deliveries back to
             # the queues: notice it now, and say "lease lost" (False) instead of failing.
             self._con.alive()
@@ -536,6 +556,11 @@ class AMQPBroker(Broker):
                     self._flush_acks()
                 else:
                     self._acks.clear()
+            if any(out):
+                # An ack has no answer: a round trip says that the server got them,
+                # or, when it does not come in time, the call fails instead of
+                # reporting acks that may never arrive (the jobs then run again).
+                self._con.ping()
         return out
 
     def _flush_acks(self) -> None:
@@ -564,7 +589,7 @@ class AMQPBroker(Broker):
 
     def renew(self, reservations: Sequence[Reservation], lease: float) -> list[bool]:
         out: list[bool] = []
-        with self._con.lock, self._con.errors("renewing"):
+        with self._con.call("renewing", self._con.deadline()):
             self._con.alive()  # as in _settle
             for res in reservations:
                 d = self._holds(res)
@@ -574,6 +599,11 @@ class AMQPBroker(Broker):
                 if d is not None and not d.parked and held_for >= self.options.park_after:
                     self._park(d, res.attempt, res.lost)
             self._recycle_buffer()
+            if any(out):
+                # The lease is the connection: it holds while the server still answers
+                # on it. Cut off, the call fails within the bound instead of saying
+                # True for deliveries the server may be handing to another worker.
+                self._con.ping()
         return out
 
     def _park(self, d: _Delivery, attempt: int, lost: int) -> None:
@@ -675,14 +705,15 @@ class AMQPBroker(Broker):
         return self._settle(reservations, "releasing", act)
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        with self._con.lock:
+        # Well inside the call's deadline, which would otherwise abort a healthy connection.
+        timeout = min(timeout, self.options.timeout / 2)
+        with self._con.call("waiting for jobs", self._con.deadline()):
             if not self._con.is_open or not any(q in self._consumers for q in queues):
                 time.sleep(min(timeout, self.poll_interval))
                 return
             if any(self._buffer.get(q) for q in queues):
                 return
-            with self._con.errors("waiting for jobs"):
-                self._con.conn.process_data_events(time_limit=timeout)
+            self._con.conn.process_data_events(time_limit=timeout)
 
     # -- dead letters -------------------------------------------------------------------
 
@@ -694,7 +725,7 @@ class AMQPBroker(Broker):
         ``visit(channel, method, props, body, queue)`` may ack on the channel;
         everything not acked goes back, in place, when the scan channel closes.
         """
-        with self._con.lock, self._con.errors("reading dead letters"):
+        with self._con.call("reading dead letters"):
             for q in queues:
                 ch = self._con.scratch()
                 try:
@@ -771,7 +802,7 @@ class AMQPBroker(Broker):
     # -- what the broker knows -------------------------------------------------------------
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        with self._con.lock:
+        with self._con.call("looking a job up"):
             for d in self._held.values():
                 if d.id == job_id and self._con.is_open:
                     attempt = _int(d.headers.get(H_ATTEMPT)) + 1
@@ -800,7 +831,7 @@ class AMQPBroker(Broker):
     def stats(self) -> list[QueueStats]:
         queues = self._queues()
         out = []
-        with self._con.lock, self._con.errors("counting jobs"):
+        with self._con.call("counting jobs"):
             ch = self._consume_channel()
             counts: dict[str, dict[str, int]] = {}
             delayed: dict[str, int] = {}
@@ -824,7 +855,7 @@ class AMQPBroker(Broker):
 
     def purge(self, queue: str) -> int:
         self.names.check(queue)
-        with self._con.lock, self._con.errors("purging"):
+        with self._con.call("purging"):
             ch = self._consume_channel()
             self.topology.ensure(self._con, queue)
             self._con.conn.process_data_events(time_limit=0)
@@ -843,7 +874,7 @@ class AMQPBroker(Broker):
         """
         queues = self._queues()
         deleted = []
-        with self._con.lock, self._con.errors("deleting queues"):
+        with self._con.call("deleting queues"):
             ch = self._con.channel()
             for q in queues:
                 for name in self.names.all_of(q):
@@ -855,23 +886,25 @@ class AMQPBroker(Broker):
         return deleted
 
     def close(self) -> None:
+        # One deadline for all of it: connections that do not answer by then are aborted.
+        until = self._con.deadline()
+        try:
+            with self._con.call("closing", until):
+                if self._con.is_open:
+                    for consumer in self._consumers.values():
+                        self._con.ch.basic_cancel(consumer.tag)
+                    self._con.conn.process_data_events(time_limit=0)
+                    # Deliveries that never reached a worker go back uncounted.
+                    for buf in self._buffer.values():
+                        while buf:
+                            d = buf.popleft()
+                            self._move(d, attempt=max(0, _int(d.headers.get(H_ATTEMPT))))
+        except BrokerError as exc:
+            log.warning("closing the RabbitMQ consumer: %s", exc)
         with self._con.lock:
-            if self._con.is_open:
-                try:
-                    with self._con.errors("closing"):
-                        for consumer in self._consumers.values():
-                            self._con.ch.basic_cancel(consumer.tag)
-                        self._con.conn.process_data_events(time_limit=0)
-                        # Deliveries that never reached a worker go back uncounted.
-                        for buf in self._buffer.values():
-                            while buf:
-                                d = buf.popleft()
-                                self._move(d, attempt=max(0, _int(d.headers.get(H_ATTEMPT))))
-                except BrokerError as exc:
-                    log.warning("closing the RabbitMQ consumer: %s", exc)
-            self._con.close()
+            self._con.close(until)
             self._buffer.clear()
             self._held.clear()
             self._consumers.clear()
-        self._pub.close()
-        self._bulk.close()
+        self._pub.close(until)
+        self._bulk.close(until)

@@ -2,16 +2,37 @@
 
 This module owns how Sleipnir talks AMQP 0-9-1 through pika: parsing the URL,
 naming queues, opening a connection and channel (and opening them again after
-a loss, with backoff, answering heartbeats meanwhile), and turning pika's
-exceptions into Sleipnir's. It must not know about jobs, leases or dead
-letters: that is :mod:`sleipnir.brokers.amqp_topology` and :mod:`sleipnir.brokers.amqp`.
+a loss, with backoff, answering heartbeats meanwhile), bounding every wait for
+the server, and turning pika's exceptions into Sleipnir's. It must not know
+about jobs, leases or dead letters: that is :mod:`sleipnir.brokers.amqp_topology`
+and :mod:`sleipnir.brokers.amqp`.
+
+Bounded waits. A link that drops packets silently gives TCP nothing to report
+for many minutes, and pika notices it only after two missed heartbeats plus
+5 s (65 s with a 30 s heartbeat). So:
+
+* every wait of pika for the server (an RPC's answer, a publisher confirm,
+  flushing what it wrote) is bounded by ``timeout`` and, inside a call that has
+  a deadline, by what is left of it (:class:`_Connection`);
+* a wait that runs out *aborts* the connection: the socket is closed with
+  ``SO_LINGER {1, 0}``, so the kernel throws away what was not yet sent (and
+  resets the connection) instead of sending it when the link comes back. A
+  publish the caller was told failed can therefore never be stored later;
+* the kernel itself gives up on a connection whose sent data stays unacknowledged
+  for ``timeout`` (``TCP_USER_TIMEOUT``) and probes idle ones (keepalive), so an
+  idle pooled connection that died is noticed before a call picks it up;
+* opening a connection is bounded by ``connect_timeout`` for the TCP handshake
+  and by the call's deadline for the whole of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +46,17 @@ import pika.exceptions  # type: ignore[import-untyped]
 from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
 from .base import redact_url
 
-__all__ = ["DELAY_BUCKETS_MS", "Link", "LinkPool", "Names", "Options", "parse_url", "probe"]
+__all__ = [
+    "DELAY_BUCKETS_MS",
+    "Link",
+    "LinkPool",
+    "Names",
+    "NoAnswer",
+    "Options",
+    "parse_url",
+    "probe",
+    "tcp_options",
+]
 
 DELAY_BUCKETS_MS = tuple(64 * 4**k for k in range(12))
 """Delay queues per work queue, in ms: 64 ms, 256 ms, 1 s, ... about 3.1 days (powers of 4).
@@ -46,7 +77,16 @@ class Options:
     queue_type: str = "classic"
     park_after: float = 900.0
     """Seconds a delivery may stay unacknowledged before it is parked (see the broker)."""
-    connect_timeout: float = 5.0
+    connect_timeout: float = 1.5
+    """Seconds for the TCP handshake of a new connection.
+
+    Not 1 s: Linux sends its first SYN again after 1 s, so a timeout of exactly 1 s
+    gives up just when a SYN lost to a link that has come back meanwhile would be
+    answered; 1.5 s waits for that second SYN, and a worker reconnects within about
+    1 s of the link's return instead of 1.5 s."""
+    timeout: float = 5.0
+    """Seconds a call of the worker's or a producer's may take in all, and any wait
+    for the server may last (see the module docstring)."""
     heartbeat: float = 30.0
 
 
@@ -81,7 +121,8 @@ def parse_url(url: str) -> tuple[Any, Options]:
         prefix=prefix,
         queue_type=queue_type,
         park_after=_number(options, "park_after", 900.0, url),
-        connect_timeout=_number(options, "connect_timeout", 5.0, url),
+        connect_timeout=_number(options, "connect_timeout", 1.5, url),
+        timeout=_number(options, "timeout", 5.0, url),
         heartbeat=_number(options, "heartbeat", 30.0, url),
     )
     clean = urlunsplit(parts._replace(query=urlencode(options)))
@@ -90,12 +131,34 @@ def parse_url(url: str) -> tuple[Any, Options]:
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"bad AMQP URL {url!r}: {exc}") from exc
     params.heartbeat = max(1, round(opts.heartbeat))
-    params.socket_timeout = opts.connect_timeout
-    params.stack_timeout = opts.connect_timeout * 2
-    params.blocked_connection_timeout = opts.connect_timeout * 2
+    # Derived from Sleipnir's options unless the URL names pika's own (URL options win).
+    defaults: dict[str, Any] = {
+        "socket_timeout": opts.connect_timeout,
+        "stack_timeout": opts.timeout,
+        "blocked_connection_timeout": opts.timeout,
+        "tcp_options": tcp_options(opts.timeout),
+    }
+    for name, value in defaults.items():
+        if name not in options:
+            setattr(params, name, value)
     params.connection_attempts = 1
     params.client_properties = {"connection_name": f"sleipnir {prefix}"}
     return params, opts
+
+
+def tcp_options(timeout: float) -> dict[str, int]:
+    """What the kernel is told about every connection (pika's ``tcp_options``).
+
+    ``TCP_USER_TIMEOUT``: a connection whose sent data stays unacknowledged for
+    ``timeout`` is closed by the kernel, its unsent data dropped. Keepalive probes
+    an idle connection after ``timeout`` of silence, every second, so a dead idle
+    one is found within about twice ``timeout``.
+    """
+    seconds = max(1, math.ceil(timeout))
+    options = {"TCP_KEEPIDLE": seconds, "TCP_KEEPINTVL": 1, "TCP_KEEPCNT": seconds}
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; pika knows its number elsewhere too
+        options["TCP_USER_TIMEOUT"] = max(1, round(timeout * 1000))
+    return options
 
 
 class Names:
@@ -136,6 +199,10 @@ class Names:
         return [self.work(queue), self.dead(queue), self.parked(queue), *delays]
 
 
+class NoAnswer(pika.exceptions.AMQPConnectionError):  # type: ignore[misc]
+    """The server did not answer in time; the connection was aborted (unsent data dropped)."""
+
+
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.StreamLostError,
@@ -144,6 +211,66 @@ _CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
 )
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+"""``SO_LINGER {on, 0 s}``: closing the socket resets the connection and drops unsent data."""
+
+
+class _Connection(pika.BlockingConnection):  # type: ignore[misc]
+    """pika's blocking connection, with every wait for the server bounded.
+
+    pika's blocking calls all wait in ``_flush_output`` (an RPC's answer, a
+    publisher confirm, writing out what was sent); each wait here arms a timer on
+    the connection's own I/O loop first. When it fires, the connection is aborted:
+    the wait raises :class:`NoAnswer` and whatever was not yet sent is dropped
+    (the socket lingers for 0 s). ``bound()`` says how long the next wait may last.
+
+    This leans on three internals of pika (``_flush_output``, the adapter's timers
+    and ``_terminate_stream``, which pika's own heartbeat checker uses the same
+    way); the partition tests fail if an upgrade of pika breaks them.
+    """
+
+    def __init__(self, params: Any, bound: Callable[[], float]) -> None:
+        super().__init__(params)
+        self.bound = bound
+        transport = getattr(self._impl, "_transport", None)
+        sock = getattr(transport, "_sock", None)
+        if sock is None:  # pragma: no cover - an upgrade of pika moved it
+            self.close()
+            raise BrokerError("this version of pika hides its socket; Sleipnir cannot bound it")
+        # From now on every close of this socket, pika's own (a missed heartbeat) too,
+        # is an abort: unsent data is dropped, never delivered late.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+
+    def _flush_output(self, *waiters: Callable[[], bool]) -> None:
+        left = self.bound()
+        if left <= 0:
+            # The call ran out of time before this wait: what it wrote must not land.
+            self.abort("the call's time ran out", run=False)
+        impl = self._impl
+        timer = impl._adapter_call_later(max(0.0, left), self._no_answer)
+        try:
+            super()._flush_output(*waiters)
+        finally:
+            with contextlib.suppress(Exception):  # the I/O loop may be closed by now
+                impl._adapter_remove_timeout(timer)
+
+    def _no_answer(self) -> None:
+        self.abort("no answer in time", run=False)  # the wait that armed it runs the abort
+
+    def abort(self, why: str, *, run: bool = True) -> None:
+        """End the connection at once, dropping what was not sent; idempotent.
+
+        ``run``: let pika carry the abort out now (close and reset the socket), which
+        a wait in progress would otherwise do.
+        """
+        if self.is_closed:
+            return
+        with contextlib.suppress(Exception):  # already being torn down
+            self._impl._terminate_stream(NoAnswer(why))
+        if run:
+            with contextlib.suppress(Exception):  # it raises the abort, as it should
+                super()._flush_output(self._closed_result.is_ready)
 
 
 class Link:
@@ -156,8 +283,14 @@ class Link:
     ``generation`` goes up with every new channel: a delivery tag is only
     meaningful on the channel that received it, so tokens carry the generation
     and a token of an older one is stale. After a failure to connect, the next
-    attempt waits out an exponential backoff (0.1 s doubling to 5 s); calls
-    meanwhile fail at once with :class:`BrokerConnectionError` instead of hanging.
+    attempt waits out a short exponential backoff (0.1 s doubling to 0.5 s);
+    calls meanwhile fail at once with :class:`BrokerConnectionError` instead of
+    hanging. The backoff is short so that a worker (which pauses 0.5 s after a
+    failed reserve) is never held back by it once the server is back.
+
+    Every use goes through :meth:`call`: the lock, a deadline, and the mapping of
+    pika's exceptions. Every wait for the server is bounded by ``timeout`` and
+    by what is left of the call's deadline (module docstring).
 
     pika answers heartbeats only while a call runs on the connection, and a busy
     worker may not call for longer than the server waits (two heartbeats) before
@@ -166,8 +299,17 @@ class Link:
     and lets pika do its I/O.
     """
 
-    def __init__(self, params: Any, url: str, role: str, *, transactional: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        url: str,
+        role: str,
+        *,
+        timeout: float = 5.0,
+        transactional: bool = False,
+    ) -> None:
         self.params = params
+        self.timeout = timeout
         self.transactional = transactional
         # pika logs every connection's opening and closing at INFO, and a lost
         # connection as a dozen ERROR lines with tracebacks; every failure reaches the
@@ -182,10 +324,55 @@ class Link:
         self.conn: Any = None
         self.ch: Any = None
         self.generation = 0
+        self.until: float | None = None
+        """The deadline (monotonic) of the call running now, if it has one."""
+        self.broke = False
+        """The last call failed because its open connection broke under it (a reset, the
+        server closing it), not because a wait ran out or no connection could be
+        opened: asking once more, on a new connection, may well succeed."""
+        self._depth = 0
         self._backoff = 0.0
         self._next_try_at = 0.0
         self._closed = threading.Event()
         self._keeper: threading.Thread | None = None
+
+    def deadline(self) -> float:
+        """A deadline ``timeout`` from now, for :meth:`call`."""
+        return time.monotonic() + self.timeout
+
+    def _bound(self) -> float:
+        """How long the next wait for the server may last."""
+        if self.until is None:
+            return self.timeout
+        return min(self.timeout, self.until - time.monotonic())
+
+    @contextlib.contextmanager
+    def call(self, doing: str, until: float | None = None) -> Iterator[None]:
+        """One use of the link: its lock, the deadline ``until``, pika's errors mapped.
+
+        Without ``until`` only each wait is bounded (by ``timeout``): for the admin
+        calls that may read many messages from a healthy server. A nested call keeps
+        the deadline of the outer one.
+        """
+        wait = self.timeout if until is None else until - time.monotonic()
+        if wait <= 0 or not self.lock.acquire(timeout=wait):
+            raise BrokerConnectionError(
+                f"RabbitMQ at {self.url}: the {self.role} connection stayed busy "
+                f"past the {self.timeout:g} s bound while {doing}"
+            )
+        outermost = self._depth == 0
+        self._depth += 1
+        try:
+            if outermost:
+                self.broke = False
+                self.until = until
+            with self.errors(doing):
+                yield
+        finally:
+            self._depth -= 1
+            if outermost:
+                self.until = None
+            self.lock.release()
 
     @property
     def is_open(self) -> bool:
@@ -204,21 +391,32 @@ class Link:
         try:
             self.conn.process_data_events(time_limit=0)
         except Exception:  # any failure means the connection is gone
-            self.drop()
+            self.abort()
         return self.is_open
 
     def channel(self) -> Any:
         """The open channel, connecting first if there is none (or it died while idle)."""
         if self.alive():
             return self.ch
-        self.drop()
+        self.abort()
         now = time.monotonic()
         if now < self._next_try_at:
             raise BrokerConnectionError(
                 f"RabbitMQ at {self.url} unreachable; next try in {self._next_try_at - now:.1f} s"
             )
+        params = self.params
+        left = self._bound()
+        if left < self.timeout:
+            # The handshake may not outlast the call: no more than what is left of it.
+            if left <= 0:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {self.url}: no time left to connect (bound {self.timeout:g} s)"
+                )
+            params = copy.copy(params)
+            params.socket_timeout = min(params.socket_timeout or left, left)
+            params.stack_timeout = min(params.stack_timeout or left, left)
         try:
-            conn = pika.BlockingConnection(self.params)
+            conn = _Connection(params, self._bound)
             try:
                 ch = conn.channel()
                 if self.transactional:
@@ -227,8 +425,7 @@ class Link:
                 else:
                     ch.confirm_delivery()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.close()
+                conn.abort("failed while opening")
                 raise
         except pika.exceptions.ProbableAuthenticationError as exc:
             self._failed()
@@ -249,6 +446,15 @@ class Link:
             self._keeper.start()
         return ch
 
+    def ping(self) -> None:
+        """One round trip on the channel: everything sent before it has reached the server.
+
+        An ack has no answer in AMQP; a passive declare of ``amq.direct`` (which
+        every vhost has) after it tells that the server got it, and that the
+        channel, and with it every delivery it holds, is still there.
+        """
+        self.ch.exchange_declare("amq.direct", passive=True)
+
     def _keep_alive(self) -> None:
         interval = max(0.5, (self.params.heartbeat or 30) / 3)
         while not self._closed.wait(interval):
@@ -259,21 +465,26 @@ class Link:
                     try:
                         self.conn.process_data_events(time_limit=0)
                     except Exception:  # any failure: the next call reconnects
-                        self.drop()
+                        self.abort()
             finally:
                 self.lock.release()
 
-    def close(self) -> None:
-        """Close for good: the connection and the heartbeat thread."""
+    def close(self, until: float | None = None) -> None:
+        """Close for good: the connection (cleanly if it answers by ``until``) and the
+        heartbeat thread."""
         self._closed.set()
         with self.lock:
-            self.drop()
+            self.until = self.deadline() if until is None else until
+            try:
+                self.drop()
+            finally:
+                self.until = None
 
     def _on_return(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
         self.returned.append(f"{props.message_id} to {method.routing_key!r}: {method.reply_text}")
 
     def _failed(self) -> None:
-        self._backoff = min(5.0, max(0.1, self._backoff * 2))
+        self._backoff = min(0.5, max(0.1, self._backoff * 2))
         self._next_try_at = time.monotonic() + self._backoff
 
     def scratch(self) -> Any:
@@ -282,11 +493,19 @@ class Link:
         return self.conn.channel()
 
     def drop(self) -> None:
-        """Forget the connection (closing it if it is still open)."""
+        """Forget the connection, closing it cleanly if it is open (each wait bounded)."""
         conn, self.conn, self.ch = self.conn, None, None
         if conn is not None and conn.is_open:
-            with contextlib.suppress(Exception):
+            try:
                 conn.close()
+            except Exception:  # it broke, or did not answer in time (then it is aborted)
+                conn.abort("failed to close")
+
+    def abort(self) -> None:
+        """Forget the connection, aborting it: what it had not sent is dropped, not sent later."""
+        conn, self.conn, self.ch = self.conn, None, None
+        if conn is not None:
+            conn.abort("aborted")
 
     @contextlib.contextmanager
     def errors(self, doing: str) -> Iterator[None]:
@@ -311,7 +530,14 @@ class Link:
                 f"{exc.reply_code} {exc.reply_text}"
             ) from exc
         except (*_CONNECTION_ERRORS, pika.exceptions.AMQPError) as exc:
-            self.drop()
+            self.abort()
+            if isinstance(exc, NoAnswer):
+                raise BrokerConnectionError(
+                    f"no answer from RabbitMQ at {self.url} within the {self.timeout:g} s "
+                    f"bound while {doing}; the connection was aborted and what it had not "
+                    "sent was dropped"
+                ) from exc
+            self.broke = True
             raise BrokerConnectionError(
                 f"lost RabbitMQ at {self.url} while {doing}: {exc!r}"
             ) from exc
@@ -332,16 +558,15 @@ class LinkPool:
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
-    def take(self, timeout: float) -> Iterator[Link]:
-        """A link for this thread alone until the block ends."""
+    def take(self, until: float) -> Iterator[Link]:
+        """A link for this thread alone until the block ends; waits until ``until`` at most."""
         with self._cond:
-            deadline = time.monotonic() + timeout
             while not self._free and len(self._all) >= self._size:
-                left = deadline - time.monotonic()
+                left = until - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
                     raise BrokerConnectionError(
                         f"all {self._size} RabbitMQ producer connections stayed busy "
-                        f"for {timeout:.0f} s"
+                        "until the call's deadline"
                     )
             if self._free:
                 link = self._free.pop()
@@ -356,11 +581,12 @@ class LinkPool:
                 self._free.append(link)
                 self._cond.notify()
 
-    def close(self) -> None:
+    def close(self, until: float | None = None) -> None:
+        """Close every link; those that do not answer by ``until`` are aborted."""
         with self._cond:
             links, self._all, self._free = self._all, [], []
         for link in links:
-            link.close()
+            link.close(until)
 
 
 def probe(link: Link, queue: str) -> str:
