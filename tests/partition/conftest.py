@@ -382,11 +382,16 @@ class HostProc:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+            self.popen.wait(10)
         self._thread.join(10)
 
     def kill(self) -> None:
+        """SIGKILL its process group (a supervisor's workers are in groups of their own)."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: workers go too
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """Wait for the process, and for its log to end (every holder of the pipe gone)."""
         self.popen.wait(10)
         self._thread.join(10)
 
@@ -520,7 +525,11 @@ class Lab:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
-        self.net.kill_hosts()  # jobs run apart in processes of their own, if any is left
+        # The workers and jobs run apart that a supervisor started, in groups of their own.
+        self.net.kill_hosts()
+        for proc in self.procs:
+            proc.reap()
+        self.net.restore_all()  # the next test starts with every host linked
         if self._app is not None:
             self._app.close()
         module = sys.modules.pop(self.module, None)

@@ -157,6 +157,11 @@ class Network:
     def _port_state(self, host: str, state: str) -> None:
         _bridge("-n", self.broker_ns, "link", "set", "dev", self.hosts[host].port, "state", state)
 
+    def restore_all(self) -> None:
+        """Every link forwarding again (after a test that failed with a host cut off)."""
+        for host in self.hosts:
+            self._port_state(host, _FORWARDING)
+
     def is_cut(self, host: str) -> bool:
         """The port is still disabled (nothing turned it back on behind the test's back)."""
         shown = _bridge("-n", self.broker_ns, "link", "show", "dev", self.hosts[host].port)
