@@ -276,7 +276,9 @@ class Worker:
         self._loopwatch = LoopWatch()
         """Notes ``async def`` jobs that block the loop; fails those that do so past their limit."""
         self._outage = Outage("the broker", log)
-        """Failed broker and store calls of the control loop, logged once per outage."""
+        """Failed broker calls of the control loop (and settles), logged once per outage."""
+        self._store_outage = Outage("the result store", log)
+        """Failed result-store calls of the control loop, logged once per outage."""
         self._next_renew = 0.0
         """When the next renewal is due (monotonic)."""
         self._lease_clock: Callable[[], float] = getattr(app.clock, "monotonic", time.monotonic)
@@ -428,7 +430,7 @@ class Worker:
                 try:
                     self._results.purge_expired()
                 except SleipnirError as exc:
-                    log.warning("could not purge expired results, will try later: %s", exc)
+                    self._store_outage.failed("purging expired results failed", exc)
                 next_purge = time.monotonic() + 300.0
             capacity = self.concurrency + self.prefetch
             room = capacity - len(self._running) - len(self._waiting)
@@ -626,8 +628,9 @@ class Worker:
             log.warning("cancel requests are not seen on this result store: %s", exc)
             return []
         except SleipnirError as exc:
-            log.warning("could not look up cancel requests, will try again: %s", exc)
+            self._store_outage.failed("looking up cancel requests failed", exc)
             return []
+        self._store_outage.ok()
         found = [h for h, mark in zip(candidates, marks, strict=True) if mark is not None]
         for h in found:
             h.cancelled = True
@@ -1095,7 +1098,7 @@ class Worker:
             self._keys_unsupported = True
             return None
         except SleipnirError as exc:
-            log.warning("could not check the limits of %s, will try again: %s", task.name, exc)
+            self._store_outage.failed(f"checking the limits of {task.name} failed", exc)
             self._release_slot(held)
             return now + 1.0
         return None

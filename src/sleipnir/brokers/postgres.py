@@ -96,6 +96,23 @@ __all__ = ["PostgresBroker", "PostgresResultStore"]
 
 log = logging.getLogger("sleipnir.brokers.postgres")
 
+
+class _QuietPool(logging.Filter):
+    """The pool's own notes on a lost link, one per connection and per reconnect try, moved
+    to DEBUG: Sleipnir raises BrokerConnectionError for the call, and the worker logs the
+    outage once, when it begins and when it ends."""
+
+    NOISY = ("discarding broken connection", "discarding closed connection", "error connecting")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(self.NOISY):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietPool())
+
 T = TypeVar("T")
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
