@@ -797,7 +797,8 @@ class Worker:
             self._unsettled[:0] = outcomes
             self._settle_after = time.monotonic() + RETRY_PAUSE
             return
-        self._outage.ok()
+        if any(acked) or any(nacked) or not (acks or nacks):
+            self._outage.ok()  # (refused acks may be answered locally: a dead connection's)
         for o in outcomes:
             started = o.held.started_at
             self.metrics.observe_outcome(
