@@ -21,9 +21,11 @@ What the worker guarantees:
   until it finishes: in a process of its own when the app's module is known
   (a crash there is that job's failure, charged and retried like any other),
   else alone in this worker with nothing else held, so that it can never take
-  batch-mates down with it again. A job whose runs apart end with their
+  batch-mates down with it again. A job whose runs alone end with their
   worker dead ``MAX_CRASHES`` times goes to the dead letters (counted in the
-  result store, under ``apart:<id>``, only for jobs that run apart);
+  result store, under ``apart:<id>``, only for jobs that run alone: a job in a
+  process of its own cannot take its worker down, and a death of that worker
+  is not counted against it);
 * a failure is retried with exponential backoff and jitter until the task's
   retries are used up, then the job fails and goes to the dead letters;
 * on stop, no new job is fetched, reserved jobs that did not start are given
@@ -718,7 +720,7 @@ class Worker:
                     self._dead(
                         h,
                         f"Crashed: its worker died {h.crashes} times while the job ran apart "
-                        f"(alone, or in a process of its own; limit {MAX_CRASHES}), each time "
+                        f"(alone in its worker; limit {MAX_CRASHES}), each time "
                         "before it finished: a crash in native code, the OOM killer, a kill",
                     )
                 )
@@ -1048,10 +1050,14 @@ class Worker:
                     held.reservation.attempt,
                     job.headers,
                 )
-            if held.apart:
-                self._mark_apart(held)
             if held.apart and self.app_spec and not task.options.isolate:
+                # In a process of its own the job cannot take this worker down: a death of
+                # the worker meanwhile is not the job's doing and is not counted against it
+                # (its own process's crashes are, as failures). Only a run alone is counted.
                 held.isolated = True
+            elif held.apart:
+                self._mark_apart(held)
+            if held.isolated:
                 assert self._pool is not None  # a crash there is this job's failure alone
                 self._pool.submit(self._run_guarded, self._run_isolated, held, task, job)
             elif task.is_async:

@@ -83,6 +83,14 @@ async def async_where() -> int:
     return os.getpid()
 
 
+@app.task(retries=0)
+def crash_count(ctx: Context) -> str | None:
+    from sleipnir.worker import apart_key
+
+    (raw,) = app.results.get_keys([apart_key(ctx.job_id)])
+    return None if raw is None else raw.decode()
+
+
 @app.task(isolate=True)
 def forever() -> None:
     (HERE / "forever.pid").write_text(str(os.getpid()))
@@ -218,6 +226,27 @@ def test_jobs_back_from_a_lost_lease_run_in_a_process_of_their_own(iso: Any) -> 
     for h in handles:
         record = h.record()
         assert record is not None and (record.state, record.attempt) == ("succeeded", 2)
+
+
+def test_a_worker_death_during_a_run_in_a_process_of_its_own_is_not_counted_against_the_job(
+    iso: Any,
+) -> None:
+    """Only runs alone count toward MAX_CRASHES: from a process of its own the job cannot
+    take its worker down, so its worker dying meanwhile (a kill from outside, a lost host)
+    says nothing about it."""
+    from sleipnir.worker import MAX_CRASHES, apart_key
+
+    handle = iso.crash_count.delay()
+    seeded = f"{MAX_CRASHES - 1}/0"  # its worker died twice while it ran alone before
+    iso.app.results.set_key(apart_key(handle.id), seeded.encode(), time.time() + 60)
+    iso.app.broker.reserve(["default"], 1, lease=0.05)  # a worker that then died
+    deadline = time.monotonic() + 10.0
+    while (info := iso.app.broker.job_info(handle.id)) is None or info.state.value != "ready":
+        assert time.monotonic() < deadline, "the lease never ran out"
+        threading.Event().wait(0.02)
+    drain(iso.app)
+    assert handle.result(timeout=1.0) == seeded  # not raised to MAX_CRASHES by this run
+    assert iso.app.results.get_keys([apart_key(handle.id)]) == [None]  # an outcome: dropped
 
 
 def test_a_job_with_no_lost_lease_runs_in_the_worker_itself(iso: Any) -> None:
