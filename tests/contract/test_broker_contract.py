@@ -117,7 +117,7 @@ def test_bulk_enqueue_then_reserve_returns_every_job_at_attempt_1(
     )
 
 
-@pytest.mark.parametrize("state", ["ready", "reserved", "dead"])
+@pytest.mark.parametrize("state", ["ready", "reserved"])
 def test_enqueue_of_an_id_the_broker_holds_leaves_that_job_as_it_is(
     broker: Broker, enqueue: Enqueue, clock: FakeClock, queue: str, state: str
 ) -> None:
@@ -129,8 +129,6 @@ def test_enqueue_of_an_id_the_broker_holds_leaves_that_job_as_it_is(
     held: Reservation | None = None
     if state != "ready":
         held = reserve_one(broker, queue)
-    if state == "dead":
-        assert broker.nack([Nack(held, None, "boom")]) == [True]  # type: ignore[arg-type]
     broker.enqueue([again, other])
     info = broker.job_info(env.id)
     assert info is not None and info.state.value == state

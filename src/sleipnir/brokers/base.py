@@ -9,10 +9,11 @@ checks them):
 
 * ``enqueue`` is all-or-nothing and durable when it returns (as durable as the
   backend's configuration makes it; each backend's docstring says what that is).
-  A job whose id the broker already holds (ready, scheduled, reserved or dead) is
+  A job whose id the broker already holds queued (ready, scheduled or reserved) is
   left as it is, never overwritten, where the backend can find jobs by id
-  (``finds_queued_jobs``): a call that stores the job an earlier, failed call under
-  the same idempotency key may have stored does not store it twice.
+  (``finds_queued_jobs``): two calls that store the job an earlier, failed call under
+  the same idempotency key did not store do not store it twice. (Such a call first
+  makes sure the job is neither queued nor dead nor finished.)
 * ``reserve`` hands a job to exactly one caller at a time, with a lease ending
   at ``lease_until``. Each delivery raises the job's ``attempt`` by one; the
   first delivery has attempt 1. A delivery that follows a lease that ran out

@@ -492,9 +492,7 @@ class PostgresBroker(Broker):
             " SELECT i, q, p, COALESCE(v, t.now), t.now, b"
             f" FROM (SELECT {_now_sql()} AS now) t, unnest(%s::text[], %s::text[], %s::int[],"
             " %s::float8[], %s::bytea[]) AS u(i, q, p, v, b)"
-            # An id already held, queued or dead, is left as it is (see Broker.enqueue).
-            f" WHERE NOT EXISTS (SELECT 1 FROM {self._s}.dead d WHERE d.id = u.i)"
-            " ON CONFLICT (id) DO NOTHING"
+            " ON CONFLICT (id) DO NOTHING"  # a queued id is left as it is (see Broker.enqueue)
         )
         params = [self._now(), *(list(col) for col in zip(*rows, strict=True))]
         try:

@@ -326,14 +326,12 @@ class SQLiteBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         now = self.clock.time()
         rows = [
-            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body, e.id)
+            (e.id, e.queue, e.priority, now if e.eta_at is None else e.eta_at, now, e.body)
             for e in envelopes
         ]
-        # An id already held, queued or dead, is left as it is (see Broker.enqueue).
         sql = (
             "INSERT INTO sleipnir_jobs (id, queue, priority, visible_at, enqueued_at, body)"
-            " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM sleipnir_dead WHERE id = ?)"
-            " ON CONFLICT (id) DO NOTHING"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"  # a queued id: left as it is
         )
         try:
             if len(rows) == 1:
