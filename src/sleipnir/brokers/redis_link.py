@@ -104,6 +104,8 @@ class _Guarded:
     clock_offset: float | None = None
     _seen_failures = -1
     _server_state: _Server | None = None
+    _checked = False
+    """``ready()`` ran for the command about to be written: the write need not look again."""
 
     # -- redis-py's hooks ---------------------------------------------------------
 
@@ -138,7 +140,9 @@ class _Guarded:
                 sock.close()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self.ready()
+        if not self._checked:
+            self.ready()
+        self._checked = False
         try:
             super().send_packed_command(command, check_health)  # type: ignore[misc]
         except (redis.ConnectionError, redis.TimeoutError):
@@ -176,6 +180,7 @@ class _Guarded:
             except (redis.ConnectionError, redis.TimeoutError):
                 self._server().failures += 1
                 raise
+        self._checked = True
 
     def _closed_by_peer(self) -> bool:
         """True if the idle connection has anything to read: end of file, or stray bytes."""
@@ -321,6 +326,7 @@ class Direct:
         except BaseException:
             self._local.conn = None
             raise
+        conn._checked = False  # nothing is written now: the next command looks again
         offset = conn.clock_offset
         return time.time() + (offset or 0.0)
 
