@@ -105,6 +105,7 @@ class _Guarded:
     _seen_failures = -1
     _server_state: _Server | None = None
     _checked = False
+    _poller: Any = None
     """``ready()`` ran for the command about to be written: the write need not look again."""
 
     # -- redis-py's hooks ---------------------------------------------------------
@@ -113,6 +114,8 @@ class _Guarded:
         sock = super()._connect()  # type: ignore[misc]
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_ON_CLOSE)
+        self._poller = select.poll()  # made once: the look before each command is one poll(0)
+        self._poller.register(sock, select.POLLIN)
         return sock
 
     def on_connect(self) -> None:
@@ -188,9 +191,7 @@ class _Guarded:
         try:
             if isinstance(sock, ssl.SSLSocket):  # bytes may be TLS records, not a reply
                 return bool(self._parser.can_read(0))
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
+            return bool(self._poller.poll(0))
         except (redis.ConnectionError, OSError):
             return True
 
