@@ -275,7 +275,10 @@ class Worker:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._loopwatch = LoopWatch()
+        self._lease_clock: Callable[[], float] = getattr(app.clock, "monotonic", time.monotonic)
+        """Monotonic seconds for lease deadlines (:attr:`_Held.deadline`) and the loop watch:
+        the app's clock's where it has them (a test's fake clock), else ``time.monotonic``."""
+        self._loopwatch = LoopWatch(monotonic=self._lease_clock)
         """Notes ``async def`` jobs that block the loop; fails those that do so past their limit."""
         self._outage = Outage("the broker", log)
         """Failed broker calls of the control loop (and settles), logged once per outage."""
@@ -283,9 +286,6 @@ class Worker:
         """Failed result-store calls of the control loop, logged once per outage."""
         self._next_renew = 0.0
         """When the next renewal is due (monotonic)."""
-        self._lease_clock: Callable[[], float] = getattr(app.clock, "monotonic", time.monotonic)
-        """The clock of lease deadlines (:attr:`_Held.deadline`): monotonic seconds, from the
-        app's clock where it has them (a test's fake clock), else ``time.monotonic``."""
 
     # -- public ---------------------------------------------------------------
 

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,6 +54,7 @@ import pytest
 from sleipnir import App
 
 from ..conftest import IN_CI, require_server
+from ..waiting import wait_until
 
 T = TypeVar("T")
 
@@ -141,28 +141,6 @@ def crash(token):
     note(token)
     os.kill(os.getpid(), signal.SIGKILL)
 '''
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float,
-    message: str | Callable[[], str] = "condition not met",
-    interval: float = 0.02,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that.
-
-    Raises ``AssertionError`` with ``message`` (a string, or a callable giving
-    one, for diagnostics gathered at the moment of failure) after ``timeout`` s.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout} s: {text}")
-        time.sleep(interval)
 
 
 class LineReader:

@@ -11,7 +11,6 @@ import random
 import socket
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from sleipnir.cli import main
 from sleipnir.job import Job, encode_job, new_job_id
 from sleipnir.testing import FakeClock
 from sleipnir.web import create_app
+
+from ..waiting import wait_until
 
 
 @pytest.fixture
@@ -143,10 +144,8 @@ def serve_api(app: App) -> Iterator[httpx.Client]:
     )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.005)
+    wait_until(lambda: server.started or not thread.is_alive(), 10.0, "the server did not start")
+    assert server.started, "the server's thread ended before it started"
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
             yield client

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 import pytest
@@ -23,6 +22,7 @@ from sleipnir.errors import BrokerConnectionError
 from sleipnir.outage import Outage
 from sleipnir.testing import FakeClock
 
+from ..waiting import wait_until
 from .conftest import drain
 
 T = TypeVar("T")
@@ -62,15 +62,6 @@ class Link(MemoryBroker):
     ) -> list[bool]:
         self.released.extend(r.id for r in reservations)
         return super().release(reservations, ready_at)
-
-
-def _until(predicate: Callable[[], T], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-    return value
 
 
 @pytest.mark.parametrize(("lateness", "given_back"), [(6.0, True), (4.0, False)])
@@ -125,20 +116,22 @@ def test_held_jobs_whose_renewals_fail_past_their_lease_never_start_under_it(
     caplog.set_level(logging.INFO, logger="sleipnir.worker")
     thread.start()
     try:
-        _until(started.is_set, "the slow job to start")
-        _until(lambda: worker.held == 3, "the two quick jobs to be held")
+        wait_until(started.is_set, 10, "the slow job to start")
+        wait_until(lambda: worker.held == 3, 10, "the two quick jobs to be held")
         link.cut = True
         clock.advance(3.5)  # every lease ends while no renewal can land
-        _until(lambda: worker.stats.lost_leases >= 3, "the ended leases to be counted")
+        wait_until(lambda: worker.stats.lost_leases >= 3, 10, "the ended leases to be counted")
         assert link.failed_renewals >= 1
         link.cut = False
-        _until(
+        wait_until(
             lambda: any("came back to this worker" in r.getMessage() for r in caplog.records),
+            10,
             "the slow job's new delivery to reach its worker",
         )
         gate.set()
-        _until(
+        wait_until(
             lambda: all(h.status() == "succeeded" for h in [first, *held]),
+            10,
             "every job to succeed",
         )
     finally:

@@ -1,8 +1,9 @@
 """Async time limits are honest: a coroutine that blocks the worker's event loop.
 
-The worker tests block the loop for real (``time.sleep`` stands for any call that
-does not await), a fraction of a second past limits of 0.3 s. The tests of
-:class:`LoopWatch` alone move a fake monotonic clock inside the coroutine instead.
+A coroutine plays at blocking by moving the fake clock forward without awaiting
+(``clock.advance`` stands for any call that does not await): the worker's watch reads
+the app's clock (``FakeClock.monotonic``), and the tests of :class:`LoopWatch` alone a
+fake monotonic clock of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import pytest
 from sleipnir import App, JobFailedError
 from sleipnir import loopwatch as loopwatch_module
 from sleipnir.loopwatch import BlockedLoop, LoopWatch
+from sleipnir.testing import FakeClock
 
+from ..waiting import wait_until
 from .conftest import drain
 
 T = TypeVar("T")
@@ -39,11 +42,11 @@ def _blocked_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_an_async_task_that_blocks_past_its_limit_fails_with_a_timeout(
-    app: App, caplog: pytest.LogCaptureFixture
+    app: App, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     @app.task(retries=0, timeout=0.3)
     async def spin() -> str:
-        time.sleep(0.45)  # never awaits: the loop cannot cancel it at 0.3 s
+        clock.advance(0.45)  # never awaits: the loop cannot cancel it at 0.3 s
         return "done"
 
     handle = spin.delay()
@@ -61,13 +64,13 @@ def test_an_async_task_that_blocks_past_its_limit_fails_with_a_timeout(
     assert "CPU-bound work belongs in isolate=True or a sync task" in warning
 
 
-def test_a_blocking_async_task_is_retried_by_its_policy(app: App) -> None:
+def test_a_blocking_async_task_is_retried_by_its_policy(app: App, clock: FakeClock) -> None:
     runs: list[int] = []
 
     @app.task(retries=2, timeout=0.3)
     async def spin() -> str:
         runs.append(1)
-        time.sleep(0.45)
+        clock.advance(0.45)
         await asyncio.sleep(0)  # yields at last: the verdict still stands
         return "done"
 
@@ -81,14 +84,14 @@ def test_a_blocking_async_task_is_retried_by_its_policy(app: App) -> None:
 
 
 def test_a_job_that_awaits_is_not_charged_for_another_that_blocks(
-    app: App, caplog: pytest.LogCaptureFixture
+    app: App, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     spinning = threading.Event()
 
     @app.task(retries=0, timeout=0.3)
     async def spin() -> None:
         spinning.set()
-        time.sleep(0.45)
+        clock.advance(0.45)
 
     @app.task(retries=0, timeout=5.0)
     async def polite() -> int:
@@ -108,13 +111,13 @@ def test_a_job_that_awaits_is_not_charged_for_another_that_blocks(
 
 
 def test_a_job_that_blocks_for_less_than_its_limit_succeeds(
-    app: App, caplog: pytest.LogCaptureFixture
+    app: App, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     @app.task(retries=0, timeout=0.5)
     async def brief() -> str:
-        time.sleep(0.05)
+        clock.advance(0.05)
         await asyncio.sleep(0)
-        time.sleep(0.05)
+        clock.advance(0.05)
         return "ok"
 
     handle = brief.delay()
@@ -125,15 +128,18 @@ def test_a_job_that_blocks_for_less_than_its_limit_succeeds(
 
 
 def test_a_job_without_a_limit_that_blocks_long_is_told_once_and_keeps_its_value(
-    app: App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    app: App,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(loopwatch_module, "WARN_AFTER", 0.05)
 
     @app.task(retries=0)
     async def slow() -> str:
-        time.sleep(0.1)
+        clock.advance(0.1)
         await asyncio.sleep(0)
-        time.sleep(0.1)
+        clock.advance(0.1)
         return "ok"
 
     handle = slow.delay()
@@ -266,7 +272,8 @@ def test_the_watchdog_warns_while_the_loop_is_still_blocked(
     try:
         done = asyncio.run_coroutine_threadsafe(_watched(watch, stuck, "j1", None), loop)
         assert warned.wait(timeout=5.0)
-        seen = _blocked_warnings(caplog)
+        # the handler above runs before the warning reaches caplog's, on the root logger
+        seen = wait_until(lambda: _blocked_warnings(caplog), 5.0, "the warning reached no log")
         still_blocked = not done.done()
     finally:
         release.set()
