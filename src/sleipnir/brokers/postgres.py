@@ -57,6 +57,13 @@ clock of its own, a test's FakeClock, uses that one instead): lease ends, the
 from a host whose clock is off, neither leases what it should not nor hands out
 a lease that has already run out. Times the caller computes itself (a job's
 ``eta_at``, a retry's ``retry_at``, result and key expiries) are stored as given.
+
+The statements PostgreSQL shares with SQLite are the SQL core's
+(:mod:`sleipnir.brokers.sql`); this module holds what PostgreSQL does its own
+way (enqueue with ``unnest``, the ``SKIP LOCKED`` reserve, one-statement moves
+to and from the dead letters, ``LISTEN``, the slots' advisory lock). The pool,
+the DDL and the retry of a lost connection: :mod:`.postgres_link`; the URL and
+its timeouts: :mod:`.postgres_url`.
 """
 
 from __future__ import annotations
@@ -90,10 +97,12 @@ def _now_sql(param: str = "%s") -> str:
     return f"COALESCE({param}::float8, {_SERVER_NOW})"
 
 
-def _dialect(schema: str) -> Dialect:
-    """PostgreSQL's spelling: the tables in ``schema``, "now" by the server's clock."""
-    tables = {name: f"{schema}.{name}" for name in TABLES}
-    return Dialect(tables, now=_now_sql(), greatest="GREATEST", qmark=False)
+def _open(url: str) -> tuple[_Database, Dialect]:
+    """The database a URL names (connected on first use) and its spelling: the tables
+    in its schema, "now" by the server's clock."""
+    db = _Database(url)
+    tables = {name: f"{db.schema}.{name}" for name in TABLES}
+    return db, Dialect(tables, now=_now_sql(), greatest="GREATEST", qmark=False)
 
 
 def _slot_lock_id(schema: str, name: str) -> int:
@@ -108,9 +117,8 @@ class PostgresBroker(SqlBroker):
     _db: _Database
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
-        db = _Database(url)
-        super().__init__(url, db, _dialect(db.schema), clock)
-        self._s = db.schema
+        super().__init__(url, *_open(url), clock)
+        self._s = self._db.schema
         self._listener: psycopg.Connection[Any] | None = None
 
     def _now(self) -> float | None:
@@ -289,9 +297,8 @@ class PostgresResultStore(SqlResultStore):
     _db: _Database
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
-        db = _Database(url)
-        super().__init__(url, db, _dialect(db.schema), clock)
-        self._s = db.schema
+        super().__init__(url, *_open(url), clock)
+        self._s = self._db.schema
 
     def _lock_slots(self, conn: Any, name: str) -> None:
         # The slots of one name are counted by one transaction at a time, across hosts.

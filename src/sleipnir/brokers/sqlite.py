@@ -42,6 +42,11 @@ Schema (one file)::
 A job is reservable when ``visible_at <= now``: that one test covers ready
 jobs, delayed jobs that came due and leases that ran out, so expired leases
 are reclaimed by any worker's ordinary reserve, with no extra daemon.
+
+The statements SQLite shares with PostgreSQL are the SQL core's
+(:mod:`sleipnir.brokers.sql`); this module holds what SQLite does its own way
+(enqueue, the reserve statement, moves to and from the dead letters, the
+wake-up). Opening the file, the DDL and the write lock: :mod:`.sqlite_file`.
 """
 
 from __future__ import annotations

@@ -30,16 +30,15 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from ...clock import Clock, SystemClock
 from ..base import Broker, BrokerJobState, DeadLetter, JobInfo, Nack, QueueStats, Reservation
-from .dialect import Dialect, SqlConnection, SqlCursor, SqlDatabase
+from .dialect import SqlBase, SqlConnection, SqlCursor
 
 # The reservation is ours: its token, and a lease that still runs. A lease that ran
 # out belongs to whoever reserves next, however late the request arrived.
 OWNED = "seq = %s AND token = %s AND visible_at > {now}"
 
 
-class SqlBroker(Broker):
+class SqlBroker(SqlBase, Broker):
     """The contract on a SQL database; see the module docstring."""
 
     poll_interval = 0.05
@@ -52,15 +51,6 @@ class SqlBroker(Broker):
         " attempt = attempt - 1 WHERE " + OWNED
     )
     _RETRY = "UPDATE {jobs} SET token = 0, visible_at = %s, last_error = %s WHERE " + OWNED
-
-    def __init__(
-        self, url: str, db: SqlDatabase, dialect: Dialect, clock: Clock | None = None
-    ) -> None:
-        self.url = url
-        self.clock = clock or SystemClock()
-        self._db = db
-        self._dialect = dialect
-        self._sql = dialect.sql
 
     def _now(self) -> float | None:
         """The parameter of ``{now}`` in this call's statements: the clock's time.
@@ -276,6 +266,3 @@ class SqlBroker(Broker):
             "DELETE FROM {jobs} WHERE queue = %s AND NOT (token != 0 AND visible_at > {now})"
         )
         return self._db.run(lambda conn: int(conn.execute(sql, (queue, now)).rowcount))
-
-    def close(self) -> None:
-        self._db.close()

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from ...clock import Clock, SystemClock
+
 T = TypeVar("T")
 
 TABLES = ("jobs", "dead", "queues", "results", "beats", "beat_history", "claims", "slots")
@@ -96,3 +98,20 @@ class Dialect:
         if self.qmark:
             return f"{column} IN ({','.join('?' * len(values))})", tuple(values)
         return f"{column} = ANY(%s)", (list(values),)
+
+
+class SqlBase:
+    """What the core's broker and result store share: URL, clock, database and dialect."""
+
+    def __init__(
+        self, url: str, db: SqlDatabase, dialect: Dialect, clock: Clock | None = None
+    ) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self._db = db
+        self._dialect = dialect
+        self._sql = dialect.sql
+
+    def close(self) -> None:
+        """Close the database's connections; the object must not be used afterwards."""
+        self._db.close()

@@ -21,27 +21,17 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ...clock import Clock, SystemClock
 from ...results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
-from .dialect import Dialect, SqlConnection, SqlDatabase
+from .dialect import SqlBase, SqlConnection
 
 
-class SqlResultStore(ResultStore):
+class SqlResultStore(SqlBase, ResultStore):
     """Results, heartbeats and claimed keys in the tables of the module docstring."""
 
     _SET_KEY = (
         "INSERT INTO {claims} (key, value, expires_at) VALUES (%s, %s, %s)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
     )
-
-    def __init__(
-        self, url: str, db: SqlDatabase, dialect: Dialect, clock: Clock | None = None
-    ) -> None:
-        self.url = url
-        self.clock = clock or SystemClock()
-        self._db = db
-        self._dialect = dialect
-        self._sql = dialect.sql
 
     def _lock_slots(self, conn: Any, name: str) -> None:
         """Make the slots of ``name`` counted by one transaction at a time.
@@ -254,6 +244,3 @@ class SqlResultStore(ResultStore):
         return self._db.run(
             lambda conn: bool(conn.execute(sql, (name, holder, self.clock.time())).rowcount > 0)
         )
-
-    def close(self) -> None:
-        self._db.close()
