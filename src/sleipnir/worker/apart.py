@@ -12,7 +12,9 @@ run starts, so the next worker knows even when this one dies mid-run.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..clock import Clock
 from ..errors import SleipnirError
@@ -20,7 +22,10 @@ from ..results import Capability, JobState, ResultStore
 from . import policy
 from .held import JobRun, Outcome
 
-__all__ = ["APART_EXPIRES", "MAX_CRASHES", "Apart", "apart_key"]
+if TYPE_CHECKING:
+    from .loop import Worker
+
+__all__ = ["APART_EXPIRES", "MAX_CRASHES", "Apart", "apart_key", "set_apart"]
 
 log = logging.getLogger("sleipnir.worker")
 
@@ -128,6 +133,29 @@ class Apart:
 
     def _why(self) -> str:
         return self._store.lacks(Capability.KEYS) or "no keys"
+
+
+def set_apart(worker: Worker) -> None:
+    """Run one job whose lease ran out before alone; give back every other held job.
+
+    Used when jobs cannot run in a process of their own (the app's module is not
+    known). While the chosen job waits for the running ones to end and then runs,
+    this worker holds nothing else, so if it kills the worker again, no other job's
+    lease runs out with it. The jobs given back never started: no try is used.
+    """
+    alone = worker._alone
+    if alone is None:
+        alone = next((h for h in worker._waiting if h.apart), None)
+        if alone is None:
+            return
+        worker._alone = alone
+    back = [h for h in worker._waiting if h is not alone]
+    worker._waiting = deque([alone])
+    if back:
+        try:
+            worker._broker.release([h.reservation for h in back])
+        except SleipnirError as exc:  # their leases bring them back, lost +1 (rare)
+            log.warning("could not give back %d jobs (%s); their leases will", len(back), exc)
 
 
 def _counts(raw: bytes | None) -> tuple[int, int]:

@@ -5,7 +5,7 @@ the reserve or the last good renewal was *sent*, plus the lease), so a worker cu
 off from its broker never starts a job whose lease may have ended:
 
 * a reserve answered after half a lease gives its jobs back unstarted;
-* a job starts only with at least half a lease left (:func:`time_to_start`);
+* a job starts only with at least half a lease left (:func:`.runners.time_to_start`);
 * a renewal that fails counts the held jobs whose deadline passed as lost
   (:func:`expire`): those not started are dropped, uncharged; those running are
   counted once and settled as usual (the broker refuses the ack if another
@@ -23,61 +23,13 @@ from typing import TYPE_CHECKING
 
 from ..brokers.base import Reservation
 from ..errors import SleipnirError
-from . import policy
-from .held import JobRun, Outcome
 
 if TYPE_CHECKING:
     from .loop import Worker
 
-__all__ = ["adopt", "expire", "renew", "reserve", "time_to_start"]
+__all__ = ["adopt", "expire", "give_back", "renew"]
 
 log = logging.getLogger("sleipnir.worker")
-
-
-def reserve(worker: Worker, queues: list[str], room: int) -> int:
-    """Reserve up to ``room`` jobs and hold them; how many the broker handed out."""
-    from .loop import RETRY_PAUSE
-
-    sent = worker.lease_clock()
-    try:
-        reservations = worker.app.broker.reserve(queues, room, worker.lease)
-    except SleipnirError as exc:
-        worker.outage.failed("reserve failed", exc)
-        worker._stopping.wait(RETRY_PAUSE)
-        return 0
-    worker.outage.ok()
-    deadline = sent + worker.lease
-    if reservations and not time_to_start(worker, deadline):
-        # The answer took so long that these leases could end before a renewal lands
-        # (a link that dropped packets for a while): another worker may take them
-        # soon, so none of them starts here. Given back while the broker answers.
-        log.warning(
-            "a reserve answered %.1fs after it was sent (lease %.1fs): %d jobs given back "
-            "unstarted",
-            worker.lease_clock() - sent,
-            worker.lease,
-            len(reservations),
-        )
-        give_back(worker, reservations)
-        return len(reservations)  # not an empty queue: the caller reserves again
-    reservations = adopt(worker, reservations, deadline)
-    worker._taken += len(reservations)
-    bad: list[Outcome] = []
-    admitted: list[JobRun] = []
-    now = worker.app.clock.time()
-    for res in reservations:
-        held = policy.admit(res, deadline, worker.app.get_task, now)
-        if isinstance(held, Outcome):
-            bad.append(held)
-        else:
-            admitted.append(held)
-    crashed = worker.apart.count(admitted)
-    if crashed:
-        bad.extend(crashed)
-        gone = {id(o.held) for o in crashed}
-        admitted = [h for h in admitted if id(h) not in gone]
-    worker._take(admitted, bad)
-    return len(reservations)
 
 
 def adopt(worker: Worker, reservations: list[Reservation], deadline: float) -> list[Reservation]:
@@ -136,13 +88,6 @@ def renew(worker: Worker) -> None:
     if worker._alone is not None and worker._alone.lost and worker._alone.started_at is None:
         worker._alone = None
     worker.hooks.emit("after_renew", worker, held)
-
-
-def time_to_start(worker: Worker, deadline: float) -> bool:
-    """Whether a job whose lease ends by ``deadline`` may start now: at least half a lease
-    left, so it cannot end before the next renewal (a third of a lease away at most)
-    has landed."""
-    return deadline - worker.lease_clock() >= worker.lease / 2
 
 
 def expire(worker: Worker) -> None:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ..app import App
-from ..brokers.base import Nack, redact_url
+from ..brokers.base import redact_url
 from ..errors import ConfigurationError, SleipnirError
 from ..hooks import HookList
 from ..isolated import find_spec
@@ -29,13 +29,12 @@ from ..loopwatch import LoopWatch
 from ..monitor import RUNNING_SHOWN, Heartbeat, RunningJob, TaskMetrics, new_worker_id
 from ..outage import Outage
 from . import leases, policy
-from .apart import Apart
+from .apart import Apart, set_apart
 from .features import builtin_hooks
 from .held import JobRun, Outcome, WorkerStats
-from .runners import Runners
+from .runners import Runners, start_waiting, time_to_start
 from .settle import settle
-from .signals import install_signal_handlers
-from .starting import start_waiting
+from .stopping import drain, install_signal_handlers
 
 __all__ = ["IDLE_WAIT", "RETRY_PAUSE", "Worker"]
 
@@ -128,7 +127,7 @@ class Worker:
         self._quiet_until = 0.0
         """No reserve before this (monotonic) while jobs run: the last one came back short."""
         self._alone: JobRun | None = None
-        """A job that runs alone (see :meth:`_set_apart`): nothing else starts or is held."""
+        """A job that runs alone (see :func:`.apart.set_apart`): nothing else starts or is held."""
         self._running: dict[str, JobRun] = {}
         self._unsettled: list[Outcome] = []
         self._unsettled_since = 0.0
@@ -253,7 +252,7 @@ class Worker:
         try:
             self._main_loop()
             self.hooks.emit("before_worker_stop", self)
-            self._drain()
+            drain(self)
         finally:
             self.hooks.emit("after_worker_stop", self)
             self.runners.close()
@@ -330,66 +329,51 @@ class Worker:
                 due = min(self.next_renew, self._settle_after if self._unsettled else now + 1.0)
                 self._stopping.wait(min(RETRY_PAUSE, max(0.0, due - now)))
 
-    def _drain(self) -> None:
-        """After a stop: give back what did not start, let running jobs finish, settle."""
-        waiting = [h.reservation for h in self._waiting]
-        self._waiting.clear()
-        if self._alone is not None and self._alone.started_at is None:
-            self._alone = None
-        if waiting:
-            try:
-                self._broker.release(waiting)
-                log.info("gave back %d reserved jobs that had not started", len(waiting))
-            except SleipnirError as exc:
-                # Nothing is lost: their leases run out and another worker takes them.
-                log.warning(
-                    "could not give back %d jobs (%s); their leases will", len(waiting), exc
-                )
-        deadline = time.monotonic() + self.stop_timeout
-        self.next_renew = time.monotonic() + self.lease / 3
-        while self._running and self._signals[0] < 2:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._collect(block=True, timeout=min(left, 0.1))
-            if time.monotonic() >= self.next_renew:
-                leases.renew(self)
-                self.hooks.emit("on_tick", self)
-                self.next_renew = time.monotonic() + self.lease / 3
-        self._collect(block=False)
-        for _ in range(10):
-            if not self._unsettled or self._signals[0] >= 2:
-                break
-            self._settle()
-            if self._unsettled:
-                time.sleep(0.5)
-        if self._running:
-            now = self.app.clock.time()
-            reason = f"worker {os.getpid()} stopped before the job finished"
-            try:
-                self._broker.nack(
-                    [Nack(h.reservation, now, reason) for h in self._running.values()]
-                )
-            except SleipnirError as exc:
-                log.warning("could not give back running jobs (%s); their leases will", exc)
-            log.warning(
-                "%d jobs still running after the %.1fs stop timeout were given back: %s",
-                len(self._running),
-                self.stop_timeout,
-                ", ".join(self._running),
-            )
-            self._running.clear()
-
     # -- jobs in and out ----------------------------------------------------------------
 
     def _reserve(self, room: int) -> int:
+        """Reserve up to ``room`` jobs and hold them; how many the broker handed out."""
         queues = self.queues
         if self._rotate and len(queues) > 1:
             self.queues = queues = [*queues[1:], queues[0]]
-        return leases.reserve(self, queues, room)
-
-    def _take(self, admitted: list[JobRun], bad: list[Outcome]) -> None:
-        """Hold what was admitted from a reserve; settle at once what cannot run."""
+        sent = self.lease_clock()
+        try:
+            reservations = self.app.broker.reserve(queues, room, self.lease)
+        except SleipnirError as exc:
+            self.outage.failed("reserve failed", exc)
+            self._stopping.wait(RETRY_PAUSE)
+            return 0
+        self.outage.ok()
+        deadline = sent + self.lease
+        if reservations and not time_to_start(self, deadline):
+            # The answer took so long that these leases could end before a renewal lands
+            # (a link that dropped packets for a while): another worker may take them
+            # soon, so none of them starts here. Given back while the broker answers.
+            log.warning(
+                "a reserve answered %.1fs after it was sent (lease %.1fs): %d jobs given back "
+                "unstarted",
+                self.lease_clock() - sent,
+                self.lease,
+                len(reservations),
+            )
+            leases.give_back(self, reservations)
+            return len(reservations)  # not an empty queue: the caller reserves again
+        reservations = leases.adopt(self, reservations, deadline)
+        self._taken += len(reservations)
+        bad: list[Outcome] = []
+        admitted: list[JobRun] = []
+        now = self.app.clock.time()
+        for res in reservations:
+            held = policy.admit(res, deadline, self.app.get_task, now)
+            if isinstance(held, Outcome):
+                bad.append(held)
+            else:
+                admitted.append(held)
+        crashed = self.apart.count(admitted)
+        if crashed:
+            bad.extend(crashed)
+            gone = {id(o.held) for o in crashed}
+            admitted = [h for h in admitted if id(h) not in gone]
         self.hooks.emit("after_reserve", self, admitted)
         for held in admitted:
             if held.cancelled:
@@ -397,32 +381,11 @@ class Worker:
             else:
                 self._waiting.append(held)
         if any(h.apart for h in admitted) and not self.app_spec:
-            self._set_apart()
+            set_apart(self)
         if bad:
             self._unsettled.extend(bad)
             self._settle()  # refused jobs settle now: their leases would otherwise run out
-
-    def _set_apart(self) -> None:
-        """Run one job whose lease ran out before alone; give back every other held job.
-
-        Used when jobs cannot run in a process of their own (the app's module is not
-        known). While the chosen job waits for the running ones to end and then runs,
-        this worker holds nothing else, so if it kills the worker again, no other job's
-        lease runs out with it. The jobs given back never started: no try is used.
-        """
-        alone = self._alone
-        if alone is None:
-            alone = next((h for h in self._waiting if h.apart), None)
-            if alone is None:
-                return
-            self._alone = alone
-        back = [h for h in self._waiting if h is not alone]
-        self._waiting = deque([alone])
-        if back:
-            try:
-                self._broker.release([h.reservation for h in back])
-            except SleipnirError as exc:  # their leases bring them back, lost +1 (rare)
-                log.warning("could not give back %d jobs (%s); their leases will", len(back), exc)
+        return len(reservations)
 
     def _settle(self) -> None:
         outcomes, self._unsettled = self._unsettled, []

@@ -1,11 +1,16 @@
-"""Where tasks run: a thread pool (sync tasks), an event loop on a thread of its own
-(``async def`` tasks), and processes of their own (``isolate=True``, and jobs that
-run apart), all behind one call, :meth:`Runners.start`.
+"""Starting held jobs, and where tasks run: a thread pool (sync tasks), an event loop
+on a thread of its own (``async def`` tasks), and processes of their own
+(``isolate=True``, and jobs that run apart), all behind one call, :meth:`Runners.start`.
 
 Every run ends with exactly one :class:`~sleipnir.worker.held.Outcome` put on the
 ``done`` queue, whatever the task (or the building of its outcome) raises. The
 ``before_run`` and ``after_run`` hooks run in the thread, or on the loop, that
 runs the task. Task threads never touch the broker.
+
+A held job starts (:func:`start_waiting`) when the concurrency allows, once its
+lease has time left (:func:`time_to_start`), once the ``before_start`` hooks let
+it (the limits may hold it back), and, for a job that runs alone, once nothing
+else runs beside it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import random
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..brokers.base import Reservation
 from ..clock import Clock
+from ..context import Context
+from ..errors import SleipnirError
 from ..hooks import HookList
 from ..isolated import kill, run_isolated
 from ..loopwatch import LoopWatch
@@ -28,7 +36,10 @@ from ..results import JobState
 from . import policy
 from .held import JobRun, Outcome
 
-__all__ = ["Runners"]
+if TYPE_CHECKING:
+    from .loop import Worker
+
+__all__ = ["Runners", "start_waiting", "time_to_start"]
 
 log = logging.getLogger("sleipnir.worker")
 
@@ -207,3 +218,79 @@ def _cancel_async(held: JobRun) -> None:
     """On the worker's loop: cancel a running ``async def`` task (see ``_run_async``)."""
     if held.atask is not None and not held.atask.done():
         held.atask.cancel()
+
+
+# -- starting held jobs ---------------------------------------------------------------
+
+
+def time_to_start(worker: Worker, deadline: float) -> bool:
+    """Whether a job whose lease ends by ``deadline`` may start now: at least half a lease
+    left, so it cannot end before the next renewal (a third of a lease away at most)
+    has landed."""
+    return deadline - worker.lease_clock() >= worker.lease / 2
+
+
+def start_waiting(worker: Worker) -> None:
+    later: list[tuple[JobRun, float]] = []
+    kept: list[JobRun] = []
+    try:
+        _start_some(worker, later, kept)
+    finally:
+        worker._waiting.extendleft(reversed(kept))
+    if later:
+        _wait_for_limits(worker, later)
+
+
+def _start_some(worker: Worker, later: list[tuple[JobRun, float]], kept: list[JobRun]) -> None:
+    waiting, running = worker._waiting, worker._running
+    hooks = worker.hooks
+    gated = hooks.listens("before_start")
+    while waiting and len(running) < worker.concurrency:
+        if worker._alone is not None and running:
+            break  # it starts once the jobs running beside it have ended
+        held = waiting.popleft()
+        if not time_to_start(worker, held.deadline):
+            # Its lease was not renewed lately (the broker did not answer): it waits
+            # for a renewal, or for expire() to drop it once the lease has ended.
+            kept.append(held)
+            continue
+        if gated:
+            wait_until = hooks.first_delay(worker, held)
+            if wait_until is not None:
+                later.append((held, wait_until))
+                if held is worker._alone:
+                    worker._alone = None
+                continue
+        held.started_at = worker.app.clock.time()
+        running[held.id] = held
+        task, job = held.definition, held.job
+        assert task is not None and job is not None  # refused jobs never wait
+        if task.takes_context:
+            held.ctx = Context(worker.app, job.id, task.name, held.queue, held.attempt, job.headers)
+        if held.apart and worker.app_spec and not task.options.isolate:
+            # In a process of its own the job cannot take this worker down: a death of
+            # the worker meanwhile is not the job's doing and is not counted against it
+            # (its own process's crashes are, as failures). Only a run alone is counted.
+            held.isolated = True
+        elif held.apart:
+            worker.apart.mark(held)
+        worker.runners.start(held)
+
+
+def _wait_for_limits(worker: Worker, later: list[tuple[JobRun, float]]) -> None:
+    """Give back jobs held up by a limit, scheduled for when it may let them through.
+
+    Their attempt is not counted: waiting under a limit uses no retry.
+    """
+    by_time: dict[float, list[Reservation]] = {}
+    for held, when in later:
+        by_time.setdefault(when, []).append(held.reservation)
+    for when, reservations in by_time.items():
+        try:
+            worker.app.broker.release(reservations, ready_at=when)
+        except SleipnirError as exc:
+            log.warning(
+                "could not give back %d jobs waiting for a limit (%s); their leases will",
+                len(reservations),
+                exc,
+            )
