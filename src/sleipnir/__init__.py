@@ -40,10 +40,11 @@ from .errors import (
     TaskControl,
     UnknownTaskError,
 )
+from .hooks import Hook
 from .job import Job
 from .results import JobState, ResultStore
 from .task import JobHandle, Task
-from .worker import Worker
+from .worker import JobRun, Outcome, Worker
 from .workflow import chain, group
 
 __version__ = "0.1.0"
@@ -60,14 +61,17 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "Fail",
+    "Hook",
     "InvalidArgumentsError",
     "Job",
     "JobCancelledError",
     "JobFailedError",
     "JobHandle",
     "JobNotFoundError",
+    "JobRun",
     "JobState",
     "KeyReusedError",
+    "Outcome",
     "PayloadTooLargeError",
     "ResultStore",
     "ResultTimeoutError",

@@ -24,6 +24,7 @@ from .errors import (
     SleipnirError,
     UnknownTaskError,
 )
+from .hooks import Hook, HookList
 from .job import DEFAULT_MAX_PAYLOAD_BYTES, Job, encode_job
 from .keys import KeyClaim, claim_for_job
 from .results import JobState, ResultStore
@@ -60,6 +61,7 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         result_ttl: float = 7 * 24 * 3600.0,
         clock: Clock | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         # NaN passes every "<= 0" test and then compares false with every time:
         # a NaN lease would hide a reserved job for ever. Ask for finite numbers.
@@ -77,6 +79,9 @@ class App:
         self.max_payload_bytes = max_payload_bytes
         self.result_ttl = result_ttl
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.hooks = HookList(hooks)
+        """Code that runs around each job and at a worker's start and stop (see
+        :mod:`sleipnir.hooks`)."""
         self.schedules: dict[str, Periodic] = {}
         """Periodic tasks by name, with their schedules (see :mod:`sleipnir.schedule`)."""
         self._broker = broker if isinstance(broker, Broker) else None
@@ -121,6 +126,11 @@ class App:
                     ) from None
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    def add_hook(self, hook: Hook) -> Hook:
+        """Add ``hook`` after those already there (see :mod:`sleipnir.hooks`); returns it."""
+        self.hooks.add(hook)
+        return hook
 
     def __repr__(self) -> str:
         return f"<App broker={redact_url(self.broker_url)} tasks={len(self.tasks)}>"
@@ -307,14 +317,20 @@ class App:
     def _enqueue_jobs(
         self, jobs: Sequence[Job], claims: Sequence[KeyClaim | None] | None
     ) -> list[JobHandle[Any]]:
+        hooked = self.hooks.listens("before_enqueue") or self.hooks.listens("after_enqueue")
+        if hooked:
+            self.hooks.emit("before_enqueue", jobs)
         envelopes = self._envelopes(jobs)  # encode (and size-check) all before storing any
         if not claims or not any(claims):
             self.broker.enqueue(envelopes)
+            if hooked:
+                self.hooks.emit("after_enqueue", jobs)
             return [JobHandle(self, job.id) for job in jobs]
         if len(claims) != len(jobs):
             raise ValueError("give one claim (or None) per job")
         handles: list[JobHandle[Any]] = []
         store: list[Envelope] = []
+        stored: list[Job] = []
         mine: list[str] = []
         try:
             for job, envelope, want in zip(jobs, envelopes, claims, strict=True):
@@ -323,6 +339,7 @@ class App:
                     if want is not None:
                         mine.append(want.key)
                     store.append(envelope)
+                    stored.append(job)
                     handles.append(JobHandle(self, job.id))
                     continue
                 assert want is not None
@@ -334,6 +351,7 @@ class App:
                     # stored: this call stores that job, under the id the claim names.
                     job = msgspec.structs.replace(job, id=held_id)
                     store.extend(self._envelopes([job]))
+                    stored.append(job)
                 handles.append(JobHandle(self, held_id))
             if store:
                 self.broker.enqueue(store)
@@ -348,6 +366,8 @@ class App:
             # Nothing of this call was stored: free the keys it claimed for a retry.
             self._release_keys(mine)
             raise
+        if hooked and stored:
+            self.hooks.emit("after_enqueue", stored)
         return handles
 
     def _release_keys(self, keys: Sequence[str]) -> None:
@@ -367,12 +387,14 @@ class App:
 
     async def enqueue_jobs_async(self, jobs: Sequence[Job]) -> list[JobHandle[Any]]:
         """Async form of :meth:`enqueue_jobs`."""
+        self.hooks.emit("before_enqueue", jobs)
         if jobs and tracing.active():
             with tracing.send_span(jobs[0].task, jobs[0].queue, len(jobs)) as carrier:
                 jobs = tracing.inject(jobs, carrier)
                 await self.broker.enqueue_async(self._envelopes(jobs))
         else:
             await self.broker.enqueue_async(self._envelopes(jobs))
+        self.hooks.emit("after_enqueue", jobs)
         return [JobHandle(self, job.id) for job in jobs]
 
     def retry_dead(self, job_ids: Sequence[str] | None = None) -> list[str]:

@@ -20,7 +20,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["BeatSample", "JobState", "ResultRecord", "ResultStore", "WorkerBeat"]
+__all__ = ["BeatSample", "Capability", "JobState", "ResultRecord", "ResultStore", "WorkerBeat"]
+
+
+class Capability(StrEnum):
+    """What a result store keeps beyond outcomes."""
+
+    BEATS = "beats"
+    KEYS = "keys"
+    SLOTS = "slots"
+
+
+_GROUPS = {
+    Capability.BEATS: ("beat", "beats", "beat_history"),
+    Capability.KEYS: ("claim_key", "release_key", "set_key", "get_keys"),
+    Capability.SLOTS: ("acquire_slot", "release_slot"),
+}
 
 
 class JobState(StrEnum):
@@ -89,6 +104,25 @@ class ResultStore(ABC):
     """Where outcomes are kept. One contract, several backends."""
 
     url: str
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "capabilities" not in cls.__dict__:
+            cls.capabilities = frozenset(
+                cap
+                for cap, names in _GROUPS.items()
+                if all(getattr(cls, n) is not getattr(ResultStore, n) for n in names)
+            )
+
+    def keeps(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def lacks(self, *capabilities: Capability) -> str | None:
+        missing = [c.value for c in capabilities if c not in self.capabilities]
+        if not missing:
+            return None
+        return f"{type(self).__name__} keeps no {', '.join(missing)}"
 
     @abstractmethod
     def put(self, records: Sequence[ResultRecord]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sleipnir import App, Context, JobCancelledError, Worker, chain, group
-from sleipnir import worker as worker_module
+from sleipnir.worker.features import cancel as cancel_module
 
 from ..conftest import require_server
 from .conftest import shared_pg_url, shared_redis_url, wait_until
@@ -77,7 +77,7 @@ def running_worker(app: App, concurrency: int = 4) -> Iterator[Worker]:
 
 @pytest.fixture(autouse=True)
 def quick_cancel_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_module, "CANCEL_CHECK_EVERY", 0.05)
+    monkeypatch.setattr(cancel_module, "CANCEL_CHECK_EVERY", 0.05)
 
 
 def test_cancel_a_queued_and_a_running_job(app: App) -> None:

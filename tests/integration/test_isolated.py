@@ -171,9 +171,9 @@ def test_a_value_json_cannot_carry_fails_the_job_without_retry(iso: Any, tmp_pat
 def test_cancelling_a_running_isolated_job_kills_its_process(
     iso: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sleipnir import worker as worker_module
+    from sleipnir.worker.features import cancel as cancel_module
 
-    monkeypatch.setattr(worker_module, "CANCEL_CHECK_EVERY", 0.05)
+    monkeypatch.setattr(cancel_module, "CANCEL_CHECK_EVERY", 0.05)
     handle = iso.forever.delay()
     worker = threading.Thread(target=drain, args=(iso.app,))
     worker.start()

@@ -17,6 +17,7 @@ PUBLIC_NAMES = {
     "ResultStore", "ResultTimeoutError", "Retry", "SleipnirError", "SystemClock", "Task",
     "TaskControl", "UnknownTaskError", "Worker", "__version__",
     "Cancelled", "Context", "JobCancelledError", "chain", "group",
+    "Hook", "JobRun", "Outcome",
 }  # fmt: skip
 
 

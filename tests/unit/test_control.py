@@ -20,9 +20,9 @@ from sleipnir import (
     chain,
     group,
 )
-from sleipnir import worker as worker_module
 from sleipnir.task import parse_rate
 from sleipnir.testing import FakeClock
+from sleipnir.worker.features import cancel as cancel_module
 
 from .conftest import drain
 
@@ -101,7 +101,7 @@ def test_a_cancelled_queued_job_never_runs(app: App) -> None:
 
 @pytest.fixture
 def quick_cancel_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_module, "CANCEL_CHECK_EVERY", 0.01)
+    monkeypatch.setattr(cancel_module, "CANCEL_CHECK_EVERY", 0.01)
 
 
 @pytest.mark.usefixtures("quick_cancel_checks")
