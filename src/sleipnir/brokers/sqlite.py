@@ -56,9 +56,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError, ConfigurationError
 from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
+from . import sqlite_checks
 from .base import (
     Broker,
     BrokerJobState,
@@ -562,6 +564,9 @@ class SQLiteBroker(Broker):
 
     def close(self) -> None:
         self._db.close()
+
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return sqlite_checks.diagnose(lambda: self, self.url, about or Deployment())
 
 
 class SQLiteResultStore(ResultStore):
