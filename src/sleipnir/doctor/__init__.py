@@ -2,10 +2,12 @@
 
 Two halves. The *checks* are pure functions from gathered facts to
 :class:`Check` results, so tests feed them facts. The *gatherers* read the
-real system: ``/proc/sys`` and ``/proc/stat``, the open-files limit, the
-broker's server (through :meth:`Broker.settings_report`) or the SQLite file
-(read only, never created), and the timings given on the command line.
-:func:`run_doctor` puts them together.
+real system: ``/proc/sys`` and ``/proc/stat``, the open-files limit, and the
+timings given on the command line. The broker is its backend's matter: the
+doctor asks the URL's backend to diagnose itself (``sleipnir.brokers.*_checks``,
+which read the server's settings or the SQLite file), and knows no backend.
+:func:`run_doctor` puts them together; this package re-exports every check,
+the backends' included, under the names it always had.
 
 What counts as a failure: a setting that loses or evicts accepted jobs or
 stored results in ordinary operation (a broker restart, memory pressure), a
@@ -14,7 +16,7 @@ running jobs, a lease that cannot be renewed in time). A warning is a setting
 that loses work only on a host crash or power loss, a tuning below what a
 busy host needs, or something that could not be checked.
 
-The module reads and changes nothing; it never creates the SQLite file. (Opening
+The doctor reads and changes nothing; it never creates the SQLite file. (Opening
 a broker of another kind prepares it as any producer would, for example the
 schema of a PostgreSQL broker.)
 """
