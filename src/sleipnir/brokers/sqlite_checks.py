@@ -181,7 +181,12 @@ def read_sqlite(url: str, mounts: Path = Path("/proc/self/mounts")) -> SQLiteFac
 
 
 def diagnose(open_broker: Callable[[], Broker], url: str, about: Deployment) -> list[Check]:
-    """The file's checks, read from the URL alone: the broker is never opened here."""
+    """The file's checks, read from the URL alone: the broker is never opened here.
+
+    None of them is a start-up warning, so at the worker's start nothing is read.
+    """
+    if about.startup:
+        return []
     try:
         facts = read_sqlite(url)
     except SleipnirError as exc:
