@@ -814,6 +814,10 @@ class PostgresBroker(Broker):
     def diagnose(self, about: Deployment | None = None) -> list[Check]:
         return postgres_checks.diagnose(lambda: self, self.url, about or Deployment())
 
+    def close(self) -> None:
+        self._drop_listener()
+        self._db.close()
+
 
 class PostgresResultStore(ResultStore):
     """Results, heartbeats and claimed keys in the same schema as the jobs (by default)."""
