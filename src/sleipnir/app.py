@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import msgspec
 
 from . import tracing
-from .brokers import broker_from_url, results_from_url
+from .brokers import broker_from_url, find_backend, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
 from .context import cancel_key
@@ -93,7 +93,7 @@ class App:
             self.results_url = results.url
         elif results is not None:
             self.results_url = _absolute(results)
-        elif self.broker_url.startswith(("amqp:", "amqps:")):
+        elif (backend := find_backend(self.broker_url)) and not backend.keeps_results:
             # RabbitMQ keeps messages, not outcomes: results go to a file beside the app.
             self.results_url = _absolute(DEFAULT_AMQP_RESULTS_URL)
         else:

@@ -112,8 +112,10 @@ from typing import Any
 
 import pika  # type: ignore[import-untyped]
 
+from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError
+from . import amqp_checks
 from .amqp_link import Link, LinkPool, parse_url, probe
 from .amqp_topology import SCAN_LIMIT, Topology, amqp_priority, publish
 from .base import (
@@ -884,6 +886,9 @@ class AMQPBroker(Broker):
             deleted.append(self.names.registry)
             self.topology.forget()
         return deleted
+
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return amqp_checks.diagnose(lambda: self, self.url, about or Deployment())
 
     def close(self) -> None:
         # One deadline for all of it: connections that do not answer by then are aborted.

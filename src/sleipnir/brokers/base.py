@@ -41,6 +41,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..checks import Check, Deployment, durability_warnings, reported
+
 __all__ = [
     "Broker",
     "BrokerJobState",
@@ -237,9 +239,24 @@ class Broker(ABC):
         """
         time.sleep(min(timeout, self.poll_interval))
 
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        """What this backend says about itself: ``sleipnir doctor`` shows it all, and the
+        worker logs at start the checks that carry a warning and did not pass.
+
+        ``about`` tells what the backend cannot know alone (where the results are, the
+        timings); a server it cannot reach is a failed check, not an exception. The
+        default: reached, and nothing reported (a backend that overrides only
+        :meth:`durability_warnings` has those shown).
+        """
+        legacy = type(self).durability_warnings is not Broker.durability_warnings
+        return reported(redact_url(self.url), self.durability_warnings() if legacy else [])
+
     def durability_warnings(self) -> list[str]:
-        """What in this broker's configuration can lose accepted jobs (logged at worker start)."""
-        return []
+        """What in this broker's configuration can lose accepted jobs (logged at worker start).
+
+        The warnings of :meth:`diagnose`'s checks, so the two never disagree.
+        """
+        return durability_warnings(self.diagnose(Deployment(startup=True)))
 
     def settings_report(self) -> dict[str, str | None]:
         """The server's settings that decide what a crash keeps, as they are now.

@@ -12,8 +12,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..results import BeatSample, ResultRecord, ResultStore, WorkerBeat
+from . import memory_checks
 from .base import (
     Broker,
     BrokerJobState,
@@ -267,8 +269,8 @@ class MemoryBroker(Broker):
                 del self._jobs[job_id]
         return len(doomed)
 
-    def durability_warnings(self) -> list[str]:
-        return ["the memory broker keeps nothing: every job is lost when this process ends"]
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return memory_checks.diagnose(lambda: self, self.url, about or Deployment())
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._changed:

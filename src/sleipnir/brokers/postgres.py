@@ -14,7 +14,7 @@ Durability is PostgreSQL's: a job is committed before ``enqueue`` returns, so
 with the server's default ``synchronous_commit = on`` and ``fsync = on`` an
 accepted job survives a crash of the server or its host. With
 ``synchronous_commit = off`` the last few hundred milliseconds of commits can
-be lost on a server crash; :meth:`PostgresBroker.durability_warnings` says so.
+be lost on a server crash; :mod:`.postgres_checks` says so.
 
 URL options: ``schema=`` (default ``sleipnir``; every table lives in it, so
 several apps or test runs can share one database), ``pool_size=`` (default 4),
@@ -76,8 +76,10 @@ from typing import Any
 
 import psycopg
 
+from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerError
+from . import postgres_checks
 from .base import Envelope
 from .postgres_link import _Database as _Database
 from .postgres_link import _errors
@@ -255,36 +257,20 @@ class PostgresBroker(SqlBroker):
                 self._listener.close()
             self._listener = None
 
-    def durability_warnings(self) -> list[str]:
-        """What in the server's configuration can lose accepted jobs."""
-        warnings = []
+    def settings_report(self) -> dict[str, str | None]:
+        """``fsync``, ``synchronous_commit``, ``full_page_writes`` from ``pg_settings``."""
 
-        def work(conn: psycopg.Connection[Any]) -> dict[str, str]:
-            settings = dict(
-                conn.execute(
-                    "SELECT name, setting FROM pg_settings"
-                    " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')"
-                ).fetchall()
-            )
-            return settings
+        def work(conn: psycopg.Connection[Any]) -> dict[str, str | None]:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                (list(postgres_checks.SETTINGS),),
+            ).fetchall()
+            return dict.fromkeys(postgres_checks.SETTINGS) | dict(rows)
 
-        settings = self._db.run(work, reads=True)
-        if settings.get("fsync") == "off":
-            warnings.append(
-                "PostgreSQL runs with fsync = off: a crash of its host can lose or corrupt "
-                "accepted jobs. Set fsync = on."
-            )
-        if settings.get("synchronous_commit") == "off":
-            warnings.append(
-                "PostgreSQL runs with synchronous_commit = off: a server crash may lose the "
-                "last few hundred milliseconds of accepted jobs. Set it to on to lose none."
-            )
-        if settings.get("full_page_writes") == "off":
-            warnings.append(
-                "PostgreSQL runs with full_page_writes = off: a power loss can corrupt pages. "
-                "Set full_page_writes = on."
-            )
-        return warnings
+        return self._db.run(work, reads=True)
+
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return postgres_checks.diagnose(lambda: self, self.url, about or Deployment())
 
     def close(self) -> None:
         self._drop_listener()

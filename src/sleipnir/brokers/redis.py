@@ -42,9 +42,10 @@ That move is where an expired lease raises the job's ``lost``.
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always``
 nothing acknowledged is lost; ``everysec`` may lose about a second of writes
 on a crash of the Redis host; without AOF a restart loses everything since the
-last snapshot. ``maxmemory-policy`` must be ``noeviction``: any other policy
-may evict job hashes or leases. :meth:`RedisBroker.durability_warnings` says
-which of these the server gets wrong; the worker logs them at start.
+last snapshot. ``maxmemory-policy`` must be ``noeviction``: ``allkeys-*`` may
+evict job hashes or leases, ``volatile-*`` the keys with an expiry (results,
+claims, slots, beats; never a job). :mod:`.redis_checks` says which of these the
+server gets wrong; the worker logs them at start.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ from typing import Any
 
 import redis
 
+from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError
 from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
+from . import redis_checks
 from .base import (
     Broker,
     BrokerJobState,
@@ -376,47 +379,8 @@ class RedisBroker(Broker):
             # The caller's next reserve reports the failure; here we only must not spin.
             time.sleep(min(max(timeout, 0.0), 0.5))
 
-    def durability_warnings(self) -> list[str]:
-        """What in the server's configuration can lose or evict accepted jobs."""
-        warnings = []
-        with _errors(self.url):
-            persistence = self.client.info("persistence")
-            memory = self.client.info("memory")
-            try:
-                fsync = _s(self.client.config_get("appendfsync").get("appendfsync", "?"))
-            except redis.ResponseError:  # CONFIG disabled on managed servers
-                fsync = "?"
-        if not int(persistence.get("aof_enabled", 0)):
-            warnings.append(
-                "Redis runs without AOF (appendonly no): a Redis restart loses every job "
-                "accepted since the last snapshot. Set appendonly yes."
-            )
-        elif fsync == "no":
-            warnings.append("Redis appendfsync is 'no': the OS decides when jobs reach the disk.")
-        elif fsync == "everysec":
-            warnings.append(
-                "Redis appendfsync is 'everysec': a crash of the Redis host may lose about a "
-                "second of accepted jobs. Use 'always' to lose none."
-            )
-        policy = _s(memory.get("maxmemory_policy", "noeviction"))
-        if policy.startswith("allkeys"):
-            warnings.append(
-                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts any "
-                "key, jobs and their leases included, and evicted jobs are lost without a "
-                "trace. Set maxmemory-policy noeviction."
-            )
-        elif policy != "noeviction":
-            warnings.append(
-                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis evicts keys "
-                "with an expiry, which here are the stored results: finished jobs then read "
-                "'unknown' and their results are gone. Set maxmemory-policy noeviction."
-            )
-        if fsync == "?":
-            warnings.append(
-                "CONFIG GET is refused by this Redis (a managed service?): appendfsync could "
-                "not be checked. Make sure it is 'always' (or 'everysec', losing about a second)."
-            )
-        return warnings
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return redis_checks.diagnose(lambda: self, self.url, about or Deployment())
 
     def settings_report(self) -> dict[str, str | None]:
         """``appendonly``, ``appendfsync``, ``maxmemory``, ``maxmemory-policy``, ``role``.

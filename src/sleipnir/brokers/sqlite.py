@@ -57,8 +57,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checks import Check, Deployment
 from ..clock import Clock
 from ..errors import BrokerError
+from . import sqlite_checks
 from .base import Envelope
 from .sql.broker import OWNED, SqlBroker
 from .sql.dialect import TABLES, Dialect, SqlCursor
@@ -178,6 +180,10 @@ class SQLiteBroker(SqlBroker):
             if conn.execute("PRAGMA data_version").fetchone()[0] != version:
                 return
             step = min(step * 2, self.poll_interval)
+
+
+    def diagnose(self, about: Deployment | None = None) -> list[Check]:
+        return sqlite_checks.diagnose(lambda: self, self.url, about or Deployment())
 
 
 class SQLiteResultStore(SqlResultStore):
