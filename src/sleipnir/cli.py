@@ -18,6 +18,7 @@ from .app import App
 from .bounded import cap_text
 from .errors import SleipnirError
 from .job import decode_job
+from .results import Capability
 from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -538,10 +539,12 @@ def _running_rows(app: App, now: float, running: dict[str, int]) -> list[list[st
     from .monitor import read_beats
     from .views import format_span, running_views
 
+    if not app.results.keeps(Capability.BEATS):
+        return []  # no heartbeats on this store: nothing to say about running jobs
     try:
         beats = read_beats(app.results)
-    except (NotImplementedError, SleipnirError):
-        return []  # no heartbeats on this store: nothing to say about running jobs
+    except SleipnirError:
+        return []
     rows = [["job", "task", "queue", "attempt", "running for", "progress"]]
     for v in running_views(app, beats, now, running):
         rows.append(

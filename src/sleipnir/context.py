@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .errors import Cancelled, SleipnirError
+from .results import Capability
 
 if TYPE_CHECKING:
     from .app import App
@@ -108,6 +109,7 @@ class Context:
         self._cancelled = threading.Event()
         self._timed_out = False
         self._last_write = 0.0
+        self._told = False
 
     def __repr__(self) -> str:
         return f"<Context {self.task} {self.job_id} attempt {self.attempt}>"
@@ -171,11 +173,17 @@ class Context:
             return
         self._last_write = now
         body = msgspec.json.encode([done, total])
+        if not self.app.results.keeps(Capability.KEYS):
+            if not self._told:
+                self._told = True
+                lacks = self.app.results.lacks(Capability.KEYS)
+                log.warning("job %s: could not store progress: %s", self.job_id, lacks)
+            return
         try:
             self.app.results.set_key(
                 progress_key(self.job_id), body, self.app.clock.time() + self.app.result_ttl
             )
-        except (SleipnirError, NotImplementedError) as exc:
+        except SleipnirError as exc:
             log.warning("job %s: could not store progress: %s", self.job_id, exc)
 
 

@@ -34,7 +34,7 @@ import msgspec
 from .clock import Clock
 from .errors import SleipnirError
 from .outage import Outage
-from .results import ResultStore, WorkerBeat
+from .results import Capability, ResultStore, WorkerBeat
 
 __all__ = [
     "BUCKETS",
@@ -416,6 +416,8 @@ class HeartbeatSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._lacks = store.lacks(Capability.BEATS)
+        """Why this store keeps no heartbeats (``None`` when it keeps them), asked once."""
         self._outage = Outage("the result store", log)
 
     def send(self, *, stopping: bool = False) -> Heartbeat | None:
@@ -436,13 +438,13 @@ class HeartbeatSender:
             body=_beat_encoder.encode(beat),
             sample=_beat_encoder.encode(sample_of(beat)),
         )
-        try:
-            self.store.beat(record, self.keep)
-        except NotImplementedError as exc:
+        if self._lacks is not None:
             if not self._warned:
-                log.warning("no heartbeats: %s", exc)
+                log.warning("no heartbeats: %s", self._lacks)
                 self._warned = True
             return None
+        try:
+            self.store.beat(record, self.keep)
         except (SleipnirError, OSError) as exc:
             # Monitoring must never stop the work; the next beat tries again. An outage
             # is logged when it begins and when it ends, not at every beat.
@@ -617,8 +619,8 @@ def prometheus_text(
     families.append(counter)
 
     try:
-        beats = read_beats(store)
-    except (SleipnirError, NotImplementedError):
+        beats = read_beats(store) if store.keeps(Capability.BEATS) else []
+    except SleipnirError:
         beats = []
     outcome = {
         name: CounterMetricFamily(

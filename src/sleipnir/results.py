@@ -19,16 +19,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 __all__ = ["BeatSample", "Capability", "JobState", "ResultRecord", "ResultStore", "WorkerBeat"]
 
 
 class Capability(StrEnum):
-    """What a result store keeps beyond outcomes."""
+    """What a result store keeps beyond outcomes (:attr:`ResultStore.capabilities`)."""
 
     BEATS = "beats"
+    """Heartbeats: ``beat``, ``beats``, ``beat_history`` (monitoring, the dashboard)."""
     KEYS = "keys"
+    """Claimed keys: ``claim_key``, ``release_key``, ``set_key``, ``get_keys`` (idempotency
+    and unique keys, periodic ticks, progress, cancel requests, crash counts)."""
     SLOTS = "slots"
+    """Limits: ``acquire_slot``, ``release_slot`` (rate and concurrency limits)."""
+
+
+_NAMES = {
+    Capability.BEATS: "heartbeats",
+    Capability.KEYS: "claimed keys",
+    Capability.SLOTS: "limits",
+}
 
 
 _GROUPS = {
@@ -104,7 +116,9 @@ class ResultStore(ABC):
     """Where outcomes are kept. One contract, several backends."""
 
     url: str
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """What this store keeps beyond outcomes. A store class that does not declare it
+    keeps the groups whose methods it all overrides."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -116,13 +130,15 @@ class ResultStore(ABC):
             )
 
     def keeps(self, capability: Capability) -> bool:
+        """Whether this store keeps ``capability`` (ask before calling its methods)."""
         return capability in self.capabilities
 
     def lacks(self, *capabilities: Capability) -> str | None:
-        missing = [c.value for c in capabilities if c not in self.capabilities]
+        """Why this store cannot serve ``capabilities`` (one line), or ``None`` if it can."""
+        missing = [_NAMES[c] for c in capabilities if c not in self.capabilities]
         if not missing:
             return None
-        return f"{type(self).__name__} keeps no {', '.join(missing)}"
+        return f"{type(self).__name__} keeps no {' and no '.join(missing)}"
 
     @abstractmethod
     def put(self, records: Sequence[ResultRecord]) -> None:
@@ -145,11 +161,13 @@ class ResultStore(ABC):
     def purge_expired(self) -> int:
         """Delete expired records; return how many."""
 
-    # -- heartbeats and claimed keys ----------------------------------------------
+    # -- heartbeats, claimed keys and limits ----------------------------------------
     #
-    # Not abstract, so that a store written before them still opens; the contract
-    # suite checks them on every backend, and a store without them raises
-    # NotImplementedError, which the worker logs once and the dashboard shows.
+    # Not abstract, so that a store written before them still opens. What a store
+    # keeps is declared in ``capabilities`` (or found from the methods it overrides);
+    # callers ask ``keeps()`` once and say what they cannot do (the worker logs it, the
+    # dashboard shows it). Calling a method the store does not keep is a programming
+    # error: the defaults raise NotImplementedError, and nobody catches it.
 
     def beat(self, beat: WorkerBeat, keep: float) -> None:
         """Store ``beat`` as its worker's latest and add its sample to the history.

@@ -9,13 +9,13 @@ from typing import Any
 from .app import App
 from .errors import SleipnirError
 from .monitor import (
-    Heartbeat,
     merged_tasks,
     read_beats,
     read_history,
     steal_is_sustained,
     throughput_series,
 )
+from .results import Capability
 from .views import format_span
 
 __all__ = ["render", "run_top"]
@@ -50,12 +50,14 @@ def render(app: App) -> Any:
     except SleipnirError as exc:
         stats = []
         parts.append(Text(f"broker unreachable: {exc}", style="bold red"))
+    lacks = app.results.lacks(Capability.BEATS)
     try:
-        beats: list[Heartbeat] = read_beats(app.results)
-        history = read_history(app.results, now - 120.0)
-        note = ""
-    except NotImplementedError as exc:
-        beats, history, note = [], [], f"no heartbeats on this result store: {exc}"
+        if lacks is not None:
+            beats, history, note = [], [], f"no heartbeats on this result store: {lacks}"
+        else:
+            beats = read_beats(app.results)
+            history = read_history(app.results, now - 120.0)
+            note = ""
     except SleipnirError as exc:
         beats, history, note = [], [], f"result store unreachable: {exc}"
 

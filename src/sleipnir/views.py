@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .context import read_progress
 from .errors import SleipnirError
+from .results import Capability
 from .schedule import Periodic, Scheduler
 
 if TYPE_CHECKING:
@@ -129,8 +130,12 @@ def schedule_views(app: App, now: float | None = None) -> list[ScheduleView]:
     ticks = [e.schedule.previous(now) for e in entries]
     claims: list[bytes | None] | None
     try:
-        claims = app.results.get_keys([tick_key(e, t) for e, t in zip(entries, ticks, strict=True)])
-    except (NotImplementedError, SleipnirError):
+        claims = (
+            app.results.get_keys([tick_key(e, t) for e, t in zip(entries, ticks, strict=True)])
+            if app.results.keeps(Capability.KEYS)
+            else None
+        )
+    except SleipnirError:
         claims = None
     out = []
     for i, (entry, tick) in enumerate(zip(entries, ticks, strict=True)):
@@ -243,8 +248,10 @@ def running_views(
         return []
     known = True
     try:
+        if not app.results.keeps(Capability.KEYS):
+            raise SleipnirError("no keys")
         progress = read_progress(app.results, list(named))
-    except (NotImplementedError, SleipnirError):
+    except SleipnirError:
         progress, known = {}, False
     out = [
         RunningView(

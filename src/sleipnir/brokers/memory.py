@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
-from ..results import BeatSample, ResultRecord, ResultStore, WorkerBeat
+from ..results import BeatSample, Capability, ResultRecord, ResultStore, WorkerBeat
 from . import memory_checks
 from .base import (
     Broker,
@@ -279,6 +279,8 @@ class MemoryBroker(Broker):
 
 class MemoryResultStore(ResultStore):
     """Results in a dict, with expiry read from the clock."""
+
+    capabilities = frozenset(Capability)
 
     def __init__(self, url: str = "memory://", *, clock: Clock | None = None) -> None:
         self.url = url

@@ -61,7 +61,7 @@ import redis
 from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError
-from ..results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
+from ..results import BeatSample, Capability, JobState, ResultRecord, ResultStore, WorkerBeat
 from . import redis_checks
 from .base import (
     Broker,
@@ -416,6 +416,8 @@ class RedisBroker(Broker):
 
 class RedisResultStore(ResultStore):
     """Results as Redis hashes that expire by themselves."""
+
+    capabilities = frozenset(Capability)
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
         self.url = url

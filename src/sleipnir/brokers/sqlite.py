@@ -181,7 +181,6 @@ class SQLiteBroker(SqlBroker):
                 return
             step = min(step * 2, self.poll_interval)
 
-
     def diagnose(self, about: Deployment | None = None) -> list[Check]:
         return sqlite_checks.diagnose(lambda: self, self.url, about or Deployment())
 

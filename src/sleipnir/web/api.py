@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..job import decode_job, decode_value, encode_job, not_exact_json
 from ..monitor import Heartbeat, merged_tasks, read_beats
-from ..results import JobState
+from ..results import Capability, JobState
 from ..views import schedule_views
 from .batcher import KeyReusedError
 from .openapi import openapi_document
@@ -252,10 +252,9 @@ def job_view(web: WebState, job_id: str) -> dict[str, Any] | None:
 
 
 def _progress(web: WebState, job_id: str) -> dict[str, Any] | None:
-    try:
-        found = read_progress(web.app.results, [job_id]).get(job_id)
-    except NotImplementedError:
+    if not web.app.results.keeps(Capability.KEYS):
         return None  # this result store keeps no keys, so no progress either
+    found = read_progress(web.app.results, [job_id]).get(job_id)
     return None if found is None else {"done": found[0], "total": found[1]}
 
 
@@ -348,10 +347,11 @@ def worker_views(web: WebState) -> list[Heartbeat]:
 def workers_with_running(web: WebState) -> list[dict[str, Any]]:
     """The live workers' latest beats, each running job with its progress (one store call)."""
     beats = read_beats(web.app.results)
-    try:
-        progress = read_progress(web.app.results, [j.id for b in beats for j in b.running])
-    except NotImplementedError:
-        progress = {}
+    progress = (
+        read_progress(web.app.results, [j.id for b in beats for j in b.running])
+        if web.app.results.keeps(Capability.KEYS)
+        else {}
+    )
     now = web.app.clock.time()
     rows = []
     for beat in beats:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from ..app import App
 from ..brokers.base import Envelope
-from ..errors import KeyReusedError, SleipnirError
+from ..errors import ConfigurationError, KeyReusedError, SleipnirError
 from ..keys import KeyClaim, claim_for_job
+from ..results import Capability
 
 __all__ = ["EnqueueBatcher", "KeyClaim", "KeyReusedError"]
 
@@ -110,9 +111,13 @@ class EnqueueBatcher:
                 else:
                     leader.followers.append(item)
                 continue
+            lacks = results.lacks(Capability.KEYS)
+            if lacks is not None:
+                item.future.set_exception(ConfigurationError(f"idempotency keys: {lacks}"))
+                continue
             try:
                 held = claim_for_job(results, want, item.envelope.id)
-            except (SleipnirError, NotImplementedError) as exc:
+            except SleipnirError as exc:
                 item.future.set_exception(exc)
                 continue
             if held is None:

@@ -33,6 +33,7 @@ from ..monitor import (
     steal_is_sustained,
     throughput_series,
 )
+from ..results import Capability
 from ..views import format_progress, format_span, running_views, schedule_views
 from . import api
 from .sessions import SESSION_COOKIE, secrets_equal
@@ -204,10 +205,10 @@ def _overview(web: WebState) -> dict[str, Any]:
 
 def _monitoring(web: WebState, since: float) -> tuple[list[Heartbeat], list[HistoryPoint], str]:
     """Beats and history; an empty view with a note where the store keeps no heartbeats."""
-    try:
-        return read_beats(web.app.results), read_history(web.app.results, since), ""
-    except NotImplementedError as exc:
-        return [], [], f"no monitoring on this result store: {exc}"
+    lacks = web.app.results.lacks(Capability.BEATS)
+    if lacks is not None:
+        return [], [], f"no monitoring on this result store: {lacks}"
+    return read_beats(web.app.results), read_history(web.app.results, since), ""
 
 
 async def overview(request: Request) -> Response:

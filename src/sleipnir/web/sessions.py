@@ -19,7 +19,6 @@ client sent with something secret goes through :func:`hmac.compare_digest`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import math
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..app import App
+from ..results import Capability
 
 __all__ = ["DEFAULT_SESSION_LIFETIME", "SESSION_COOKIE", "SessionCheck", "Sessions"]
 
@@ -105,10 +105,9 @@ class Sessions:
         with self._lock:
             if session_id in self._revoked:
                 return SessionCheck.REVOKED
-        try:
+        mark = None  # a result store without keys: the in-process set is all there is
+        if self.app.results.keeps(Capability.KEYS):
             [mark] = self.app.results.get_keys([_REVOKED + session_id])
-        except NotImplementedError:
-            mark = None  # this result store keeps no keys: the in-process set is all there is
         return SessionCheck.VALID if mark is None else SessionCheck.REVOKED
 
     def revoke(self, cookie: str) -> bool:
@@ -125,6 +124,6 @@ class Sessions:
             self._revoked[session_id] = float(expires_at)
         # A result store without keys: the session is revoked in this process only
         # (docs/dashboard.md says so).
-        with contextlib.suppress(NotImplementedError):
+        if self.app.results.keeps(Capability.KEYS):
             self.app.results.set_key(_REVOKED + session_id, b"1", float(expires_at))
         return True

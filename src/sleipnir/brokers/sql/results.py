@@ -21,12 +21,14 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ...results import BeatSample, JobState, ResultRecord, ResultStore, WorkerBeat
+from ...results import BeatSample, Capability, JobState, ResultRecord, ResultStore, WorkerBeat
 from .dialect import SqlBase, SqlConnection
 
 
 class SqlResultStore(SqlBase, ResultStore):
     """Results, heartbeats and claimed keys in the tables of the module docstring."""
+
+    capabilities = frozenset(Capability)
 
     _SET_KEY = (
         "INSERT INTO {claims} (key, value, expires_at) VALUES (%s, %s, %s)"
