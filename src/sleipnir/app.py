@@ -15,7 +15,6 @@ from . import tracing
 from .brokers import broker_from_url, find_backend, results_from_url
 from .brokers.base import Broker, BrokerJobState, Envelope, redact_url
 from .clock import Clock, SystemClock
-from .context import cancel_key
 from .errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -29,6 +28,7 @@ from .job import DEFAULT_MAX_PAYLOAD_BYTES, Job, encode_job
 from .keys import KeyClaim, claim_for_job
 from .results import JobState, ResultStore
 from .schedule import Periodic, Schedule, as_schedule, default_catch_up
+from .storekeys import cancel_key
 from .task import JobHandle, Task, TaskOptions
 
 __all__ = ["DEFAULT_BROKER_URL", "App"]

@@ -45,20 +45,14 @@ if TYPE_CHECKING:
     from .app import App
     from .results import ResultStore
 
+from .storekeys import cancel_key, progress_key
+
 __all__ = ["Context", "cancel_key", "progress_key", "read_progress"]
 
 log = logging.getLogger("sleipnir.worker")
 
 PROGRESS_EVERY = 0.2
 """Seconds between two progress writes of one job; the last report (done == total) always goes."""
-
-
-def cancel_key(job_id: str) -> str:
-    return f"cancel:{job_id}"
-
-
-def progress_key(job_id: str) -> str:
-    return f"progress:{job_id}"
 
 
 Progress = tuple[float, float | None]

@@ -29,6 +29,7 @@ import msgspec
 
 from .job import check_call
 from .results import ResultStore
+from .storekeys import idempotency_key, unique_key
 
 __all__ = [
     "DEFAULT_KEY_WINDOW",
@@ -56,14 +57,6 @@ def fingerprint(task: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
         check_call(task, args, kwargs)
         raise
     return hashlib.sha256(data).hexdigest()[:32]
-
-
-def idempotency_key(key: str) -> str:
-    return f"idempotency:{key}"
-
-
-def unique_key(task: str, call_fingerprint: str) -> str:
-    return f"unique:{task}:{call_fingerprint}"
 
 
 @dataclass(frozen=True, slots=True)

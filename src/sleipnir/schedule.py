@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .clock import Clock
 from .errors import ConfigurationError, SleipnirError
+from .storekeys import tick_key
 
 if TYPE_CHECKING:
     from .app import App
@@ -220,7 +221,7 @@ class Scheduler:
         return fired
 
     def _fire(self, entry: Periodic, tick: float) -> str | None:
-        key = f"schedule:{entry.name}:{tick!r}"
+        key = tick_key(entry.name, tick)
         expires = tick + max(entry.catch_up, self.GRACE) + self.CLAIM_MARGIN
         try:
             holder = self.app.results.claim_key(key, self.owner.encode(), expires)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
-from .context import Context, cancel_key, read_progress, wants_context
+from .context import Context, read_progress, wants_context
 from .errors import (
     InvalidArgumentsError,
     JobCancelledError,
@@ -18,15 +18,9 @@ from .errors import (
     ResultTimeoutError,
 )
 from .job import Job, decode_value, new_job_id
-from .keys import (
-    DEFAULT_KEY_WINDOW,
-    UNIQUE_HEADER,
-    KeyClaim,
-    fingerprint,
-    idempotency_key,
-    unique_key,
-)
+from .keys import DEFAULT_KEY_WINDOW, UNIQUE_HEADER, KeyClaim, fingerprint
 from .results import JobState, ResultRecord
+from .storekeys import cancel_key, idempotency_key, unique_key
 
 if TYPE_CHECKING:
     from .app import App

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from .context import read_progress
 from .errors import SleipnirError
 from .results import Capability
-from .schedule import Periodic, Scheduler
+from .schedule import Scheduler
+from .storekeys import tick_key
 
 if TYPE_CHECKING:
     from .app import App
@@ -33,11 +34,6 @@ __all__ = [
 ]
 
 TickState = Literal["fired", "pending", "missed", "expired", "unknown"]
-
-
-def tick_key(entry: Periodic, tick: float) -> str:
-    """The result-store key a scheduler claims to fire ``tick`` of ``entry``."""
-    return f"schedule:{entry.name}:{tick!r}"
 
 
 def format_span(seconds: float | None) -> str:
@@ -131,7 +127,7 @@ def schedule_views(app: App, now: float | None = None) -> list[ScheduleView]:
     claims: list[bytes | None] | None
     try:
         claims = (
-            app.results.get_keys([tick_key(e, t) for e, t in zip(entries, ticks, strict=True)])
+            app.results.get_keys([tick_key(e.name, t) for e, t in zip(entries, ticks, strict=True)])
             if app.results.keeps(Capability.KEYS)
             else None
         )

@@ -40,6 +40,7 @@ from .errors import EncodeError
 from .job import Job, check_call, decode_value, encode_job, new_job_id
 from .keys import KeyClaim
 from .results import JobState, ResultRecord
+from .storekeys import follow_key, group_key
 from .task import JobHandle, Task
 
 if TYPE_CHECKING:
@@ -306,12 +307,12 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.error("job %s: bad group header: %s", job.id, exc)
                 continue
-            app.results.set_key(f"group:{info.id}:{info.index}", job.id.encode(), expires)
+            app.results.set_key(group_key(info.id, info.index), job.id.encode(), expires)
             groups[info.id] = (info, job)
     for info, last in groups.values():
         if info.callback is None:
             continue
-        marks = app.results.get_keys([f"group:{info.id}:{i}" for i in range(info.size)])
+        marks = app.results.get_keys([group_key(info.id, i) for i in range(info.size)])
         if any(m is None for m in marks):
             continue
         member_ids = [m.decode() for m in marks if m is not None]
@@ -354,7 +355,7 @@ def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, st
     if records:
         app.results.put(records)
     if jobs:
-        claims = [KeyClaim(f"follow:{j.id}", j.id, expires) for j in jobs]
+        claims = [KeyClaim(follow_key(j.id), j.id, expires) for j in jobs]
         app.enqueue_jobs(jobs, claims)
 
 

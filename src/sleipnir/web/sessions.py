@@ -29,14 +29,13 @@ from enum import Enum
 
 from ..app import App
 from ..results import Capability
+from ..storekeys import session_revoked_key
 
 __all__ = ["DEFAULT_SESSION_LIFETIME", "SESSION_COOKIE", "SessionCheck", "Sessions"]
 
 SESSION_COOKIE = "sleipnir_session"
 DEFAULT_SESSION_LIFETIME = 12 * 3600.0
 """How long a dashboard login lasts unless told otherwise (seconds)."""
-
-_REVOKED = "web-session-revoked:"
 
 
 class SessionCheck(Enum):
@@ -107,7 +106,7 @@ class Sessions:
                 return SessionCheck.REVOKED
         mark = None  # a result store without keys: the in-process set is all there is
         if self.app.results.keeps(Capability.KEYS):
-            [mark] = self.app.results.get_keys([_REVOKED + session_id])
+            [mark] = self.app.results.get_keys([session_revoked_key(session_id)])
         return SessionCheck.VALID if mark is None else SessionCheck.REVOKED
 
     def revoke(self, cookie: str) -> bool:
@@ -125,5 +124,5 @@ class Sessions:
         # A result store without keys: the session is revoked in this process only
         # (docs/dashboard.md says so).
         if self.app.results.keeps(Capability.KEYS):
-            self.app.results.set_key(_REVOKED + session_id, b"1", float(expires_at))
+            self.app.results.set_key(session_revoked_key(session_id), b"1", float(expires_at))
         return True

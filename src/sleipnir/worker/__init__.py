@@ -11,7 +11,8 @@
 * :mod:`.features`: the built-in features, as hooks (:mod:`sleipnir.hooks`).
 """
 
-from .apart import APART_EXPIRES, MAX_CRASHES, apart_key
+from ..storekeys import apart_key
+from .apart import APART_EXPIRES, MAX_CRASHES
 from .features.cancel import CANCEL_CHECK_EVERY
 from .held import JobRun, Outcome, WorkerStats
 from .loop import IDLE_WAIT, RETRY_PAUSE, Worker

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..clock import Clock
 from ..errors import SleipnirError
 from ..results import Capability, JobState, ResultStore
+from ..storekeys import apart_key
 from . import policy
 from .held import JobRun, Outcome
 
@@ -40,11 +41,6 @@ times in a row was, in all likelihood, killed by the job.
 
 APART_EXPIRES = 7 * 24 * 3600.0
 """Seconds the count of a job's unfinished runs apart is kept."""
-
-
-def apart_key(job_id: str) -> str:
-    """The result-store key counting a job's runs apart that ended with their worker dead."""
-    return f"apart:{job_id}"
 
 
 class Apart:

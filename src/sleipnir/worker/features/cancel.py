@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ...context import cancel_key
 from ...errors import SleipnirError
 from ...hooks import Hook
 from ...results import Capability
+from ...storekeys import cancel_key
 from ..held import JobRun
 
 if TYPE_CHECKING:

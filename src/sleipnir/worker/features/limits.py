@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ...errors import SleipnirError
 from ...hooks import Hook
 from ...results import Capability
+from ...storekeys import concurrency_slot, rate_slot
 from ..held import JobRun, Outcome
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Limits(Hook):
         now = worker.app.clock.time()
         try:
             if options.concurrency is not None and SLOT not in job.extras:
-                name = f"concurrency:{task.name}"
+                name = concurrency_slot(task.name)
                 free_at = store.acquire_slot(name, job_id, options.concurrency, now + worker.lease)
                 if free_at is not None:
                     # Slots free when jobs end, usually well before their leases do.
@@ -66,7 +67,7 @@ class Limits(Hook):
             if rate is not None:
                 runs, period = rate
                 holder = f"{job_id}:{job.attempt}:{worker.rng.getrandbits(32):x}"
-                free_at = store.acquire_slot(f"rate:{task.name}", holder, runs, now + period)
+                free_at = store.acquire_slot(rate_slot(task.name), holder, runs, now + period)
                 if free_at is not None:
                     self._release(worker, job)
                     # Spread the waiters over one emission interval so they do not
