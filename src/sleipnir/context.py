@@ -42,7 +42,7 @@ from .errors import Cancelled, SleipnirError
 from .results import Capability
 
 if TYPE_CHECKING:
-    from .app import App
+    from .producer import Producer
     from .results import ResultStore
 
 from .storekeys import cancel_key, progress_key
@@ -86,7 +86,7 @@ class Context:
 
     def __init__(
         self,
-        app: App | None,
+        app: Producer | None,
         job_id: str,
         task: str,
         queue: str,

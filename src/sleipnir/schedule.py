@@ -39,7 +39,7 @@ from .errors import ConfigurationError, SleipnirError
 from .storekeys import tick_key
 
 if TYPE_CHECKING:
-    from .app import App
+    from .producer import Producer
     from .task import Task
 
 __all__ = ["Cron", "Every", "Periodic", "Schedule", "Scheduler", "as_schedule"]
@@ -180,7 +180,7 @@ class Scheduler:
     #: little after a tick, and check at least every 5 s in case the wall clock jumped.
     GRACE = 10.0
 
-    def __init__(self, app: App, clock: Clock | None = None, owner: str | None = None) -> None:
+    def __init__(self, app: Producer, clock: Clock | None = None, owner: str | None = None) -> None:
         self.app = app
         self.clock = clock or app.clock
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"

@@ -23,7 +23,7 @@ from .results import JobState, ResultRecord
 from .storekeys import cancel_key, idempotency_key, unique_key
 
 if TYPE_CHECKING:
-    from .app import App
+    from .producer import Producer
     from .workflow import Signature
 
 __all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "JobHandle", "Task", "TaskOptions"]
@@ -127,7 +127,7 @@ class Task(Generic[P, R]):
     :meth:`enqueue` put a job on the queue for a worker instead.
     """
 
-    def __init__(self, app: App, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+    def __init__(self, app: Producer, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -276,7 +276,7 @@ class Task(Generic[P, R]):
 class JobHandle(Generic[R]):
     """A handle on an enqueued job: its id, its state and, when done, its result."""
 
-    def __init__(self, app: App, job_id: str) -> None:
+    def __init__(self, app: Producer, job_id: str) -> None:
         self.app = app
         self.id = job_id
 

@@ -44,7 +44,7 @@ from .storekeys import follow_key, group_key
 from .task import JobHandle, Task
 
 if TYPE_CHECKING:
-    from .app import App
+    from .producer import Producer
 
 __all__ = ["ChainHandle", "GroupHandle", "Signature", "chain", "group"]
 
@@ -213,7 +213,7 @@ def group(members: Iterable[Signature], callback: Signature | None = None) -> Gr
 class ChainHandle(JobHandle[Any]):
     """The last step's handle, with every step's in :attr:`steps`."""
 
-    def __init__(self, app: App, job_id: str, steps: list[JobHandle[Any]]) -> None:
+    def __init__(self, app: Producer, job_id: str, steps: list[JobHandle[Any]]) -> None:
         super().__init__(app, job_id)
         self.steps = steps
 
@@ -223,7 +223,7 @@ class GroupHandle:
 
     def __init__(
         self,
-        app: App,
+        app: Producer,
         group_id: str,
         members: Sequence[JobHandle[Any]],
         callback: JobHandle[Any] | None,
@@ -262,7 +262,9 @@ def has_workflow(job: Job) -> bool:
     return CHAIN_HEADER in job.headers or GROUP_HEADER in job.headers
 
 
-def follow_up(app: App, finished: Sequence[tuple[Job, JobState, bytes | None, str | None]]) -> None:
+def follow_up(
+    app: Producer, finished: Sequence[tuple[Job, JobState, bytes | None, str | None]]
+) -> None:
     """After the outcomes of ``finished`` are stored: enqueue what comes next.
 
     Each item is (job, final state, result value, error). Idempotent: a repeat
@@ -364,7 +366,7 @@ def _trace(job: Job) -> dict[str, str]:
     return {k: v for k, v in job.headers.items() if k in ("traceparent", "tracestate", "baggage")}
 
 
-def _job_for(app: App, step: Step, prepend: list[Any], headers: dict[str, str]) -> Job:
+def _job_for(app: Producer, step: Step, prepend: list[Any], headers: dict[str, str]) -> Job:
     """The next job, built without checks: the worker that takes it checks it (and
     dead-letters it with the reason if its task is unknown or its arguments do not fit)."""
     task = app.tasks.get(step.task)
