@@ -10,17 +10,15 @@ Like the API, it reads only the broker, result-store and monitor contracts.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
-import jinja2
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..monitor import (
@@ -34,127 +32,41 @@ from ..monitor import (
     throughput_series,
 )
 from ..results import Capability
-from ..views import format_progress, format_span, running_views, schedule_views
-from . import api
-from .sessions import SESSION_COOKIE, secrets_equal
+from ..views import format_span, running_views, schedule_views
+from . import api, jobs_api
+from .dead_pages import (
+    _count_param,
+    dead_action,
+    dead_confirm,
+    dead_page,
+)
+from .pages import (
+    _env,
+    _form,
+    _pct,
+    _progress,
+    _render,
+    _seconds,
+    _state,
+    _when,
+    error_page,
+    forget_session,
+    login_page,
+    read_form,
+)
+from .sessions import SESSION_COOKIE
 from .state import WebState
 from .svg import line_chart
 
 __all__ = ["error_page", "forget_session", "login_page", "routes"]
 
-DEAD_PAGE_LIMIT = 1000
-"""The dead-letters page shows at most this many (the oldest that match its filter)."""
 
 STEAL_THRESHOLD = 0.01
 """A host is flagged when every sample of the last STEAL_WINDOW seconds shows this much steal."""
 STEAL_WINDOW = 300.0
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("sleipnir.web", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
-
-
-def _seconds(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _progress(progress: dict[str, Any] | None) -> str:
-    return format_progress(None if progress is None else (progress["done"], progress["total"]))
-
 
 _env.filters.update(when=_when, seconds=_seconds, pct=_pct, span=format_span, progress=_progress)
-
-
-def _state(request: Request) -> WebState:
-    state: WebState = request.app.state.web
-    return state
-
-
-def _render(
-    web: WebState,
-    name: str,
-    status_code: int = 200,
-    headers: dict[str, str] | None = None,
-    **context: Any,
-) -> HTMLResponse:
-    html = _env.get_template(name).render(
-        csrf=web.csrf_token, has_token=bool(web.token), now=web.app.clock.time(), **context
-    )
-    return HTMLResponse(html, status_code, headers=headers)
-
-
-def login_page(
-    web: WebState, *, status_code: int = 200, next_path: str = "/", error: str | None = None
-) -> HTMLResponse:
-    """The login form (a 401 answer when a page was asked for without a valid session)."""
-    return _render(
-        web, "login.html", status_code, {"WWW-Authenticate": 'Bearer realm="sleipnir"'},
-        page="login", next_path=next_path if next_path.startswith("/") else "/", error=error,
-    )  # fmt: skip
-
-
-def forget_session(response: Response, https: bool) -> None:
-    """Make the browser drop its session cookie."""
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=https)
-
-
-def error_page(
-    request: Request, status: int, message: str, headers: dict[str, str] | None = None
-) -> HTMLResponse:
-    """An error as a page, for the dashboard's routes."""
-    return _render(
-        _state(request), "error.html", status, headers, page="", status=status, message=message
-    )
-
-
-class Form(dict[str, list[str]]):
-    """A posted ``application/x-www-form-urlencoded`` form: name -> values."""
-
-    def get_one(self, name: str) -> str | None:
-        """The field's first value, or ``None``."""
-        values = self.get(name)
-        return values[0] if values else None
-
-
-async def read_form(request: Request, limit: int = 64 * 1024) -> Form:
-    """Parse a URL-encoded form body of at most ``limit`` bytes (the dashboard's only kind)."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise api.ApiError(415, "send the form as application/x-www-form-urlencoded")
-    body = await api.read_body(request, limit)
-    try:
-        return Form(parse_qs(body.decode(), keep_blank_values=True, max_num_fields=2000))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise api.ApiError(400, f"malformed form: {exc}") from None
-
-
-async def _form(request: Request, web: WebState) -> Form:
-    """The posted form, after its CSRF token was checked (403 if it does not match)."""
-    form = await read_form(request)
-    given = form.get_one("csrf")
-    if given is None or not secrets_equal(given, web.csrf_token):
-        raise api.ApiError(403, "the form's CSRF token is missing or wrong; reload the page")
-    return form
 
 
 # -- pages ------------------------------------------------------------------------------
@@ -265,7 +177,7 @@ def _timeline(job: dict[str, Any]) -> list[tuple[float | None, str]]:
 async def job_page(request: Request) -> Response:
     web = _state(request)
     job_id = request.path_params["job_id"]
-    job = await run_in_threadpool(api.job_view, web, job_id)
+    job = await run_in_threadpool(jobs_api.job_view, web, job_id)
     if job is None:
         return _render(
             web, "job.html", 404, page="jobs", job=None, query=job_id, timeline=[],
@@ -293,101 +205,12 @@ async def cancel_job(request: Request) -> Response:
     if not back.startswith("/") or back.startswith("//"):
         back = "/"
     try:
-        await run_in_threadpool(api.cancel_job, web, job_id)
+        await run_in_threadpool(jobs_api.cancel_job, web, job_id)
     except api.ApiError as exc:
         if exc.status != 409:
             raise
         return RedirectResponse(f"{back}?{urlencode({'finished': job_id})}", 303)
     return RedirectResponse(f"{back}?{urlencode({'cancelled': job_id})}", 303)
-
-
-def _count_param(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name, "")
-    return int(raw) if raw.isdigit() else None
-
-
-def _dead_filter(params: Any) -> tuple[str | None, str]:
-    """The queue and the search text a query string or form names (``None``/``""``: any)."""
-    queue = (params.get("queue") or "").strip() or None
-    return queue, (params.get("q") or "").strip()
-
-
-def _dead_url(queue: str | None, q: str, **extra: Any) -> str:
-    """``/dead`` with the filter (and ``extra``) in its query string."""
-    params = {**({"queue": queue} if queue else {}), **({"q": q} if q else {}), **extra}
-    return f"/dead?{urlencode(params)}" if params else "/dead"
-
-
-def _bulk_question(action: str, count: int, queue: str | None, q: str) -> str:
-    """What the confirmation asks, e.g. ``Retry 3 dead letters matching 'billing'?``."""
-    verb = "Retry" if action == "retry" else "Delete"
-    noun = "dead letter" if count == 1 else "dead letters"
-    where = "".join([f" matching '{q}'" if q else "", f" in queue '{queue}'" if queue else ""])
-    every = "" if where or count == 1 else "all "
-    return f"{verb} {every}{count} {noun}{where}?"
-
-
-async def dead_page(request: Request) -> Response:
-    web = _state(request)
-    queue, search = _dead_filter(request.query_params)
-    views = await run_in_threadpool(api.dead_matching, web, queue, search, DEAD_PAGE_LIMIT)
-    message = None
-    if (retried := _count_param(request, "retried")) is not None:
-        message = f"{retried} job(s) back on their queues"
-    elif (deleted := _count_param(request, "deleted")) is not None:
-        message = f"{deleted} dead letter(s) deleted"
-    elif request.query_params.get("none"):
-        message = "nothing selected"
-    return _render(
-        web, "dead.html", page="dead", letters=views, queue=queue or "", q=search,
-        message=message, limit=DEAD_PAGE_LIMIT,
-    )  # fmt: skip
-
-
-async def dead_confirm(request: Request) -> Response:
-    """Ask before a bulk action, naming how many dead letters it acts on (no JavaScript).
-
-    The page lists the dead letters the filter matches now, and its form posts
-    their ids: confirming acts on exactly those, never on a dead letter that
-    arrived (or came to match) after the page was drawn.
-    """
-    web = _state(request)
-    action = request.query_params.get("action", "")
-    if action not in ("retry", "delete"):
-        raise api.ApiError(404, f"no action {action!r} on dead letters")
-    queue, search = _dead_filter(request.query_params)
-    views = await run_in_threadpool(api.dead_matching, web, queue, search, DEAD_PAGE_LIMIT)
-    return _render(
-        web, "dead_confirm.html", page="dead", action=action, letters=views,
-        queue=queue or "", q=search, limit=DEAD_PAGE_LIMIT, back=_dead_url(queue, search),
-        question=_bulk_question(action, len(views), queue, search),
-    )  # fmt: skip
-
-
-async def dead_action(request: Request) -> Response:
-    """Retry or delete the dead letters a form names by id, then send the browser back to
-    the list with its filter (POST, redirect, GET: reloading does not repeat the action).
-
-    Only ids are acted on. A form that asks for "all" (a page from before the
-    confirmation step) is sent to the confirmation page of its filter instead.
-    """
-    web = _state(request)
-    form = await _form(request, web)
-    action = request.path_params["action"]
-    if action not in ("retry", "delete"):
-        raise api.ApiError(404, f"no action {action!r} on dead letters")
-    queue, search = _dead_filter({k: form.get_one(k) for k in ("queue", "q")})
-    ids = form.get("id", [])
-    if form.get_one("all") == "1" and not ids:
-        params = {"action": action, "queue": queue or "", "q": search}
-        return RedirectResponse(f"/dead/confirm?{urlencode(params)}", 303)
-    if not ids:
-        return RedirectResponse(_dead_url(queue, search, none=1), 303)
-    if action == "retry":
-        moved = await run_in_threadpool(web.app.retry_dead, ids)
-        return RedirectResponse(_dead_url(queue, search, retried=len(moved)), 303)
-    deleted = await run_in_threadpool(web.app.broker.delete_dead, ids)
-    return RedirectResponse(_dead_url(queue, search, deleted=deleted), 303)
 
 
 def _workers(web: WebState) -> dict[str, Any]:
