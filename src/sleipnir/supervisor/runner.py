@@ -28,49 +28,52 @@ once the new one is RUNNING and has said it is ready; if a new one cannot start
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import logging
 import os
 import selectors
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
 
 from ..app import App
 from ..clock import Clock
 from ..errors import ConfigurationError, SleipnirError
+from .control import (
+    drain_wakeups,
+    handle_signals,
+    install_signals,
+    progress_reload,
+)
+from .processes import (
+    _kill_group,
+    _Slot,
+    close_slot,
+    drop_stopped,
+    read,
+    reap,
+    send_stop,
+    spawn,
+)
 from .scaling import ScalePolicy, ScaleState, scale
 from .states import (
     Event,
-    Exited,
-    Kill,
     Log,
     Process,
     ProcessConfig,
     ProcessState,
-    Ready,
     SendKill,
     SendStop,
     Spawn,
-    Spawned,
-    SpawnFailed,
     Start,
     Stop,
     Tick,
     next_deadline,
     transition,
 )
-from .status import ChildStatus, SupervisorStatus, slug, status_path, write_status
+from .status import ChildStatus, SupervisorStatus, status_path, write_status
 
 __all__ = ["MonotonicClock", "Supervisor", "retire_first"]
 
@@ -80,39 +83,11 @@ STATUS_EVERY = 1.0
 """Seconds between two writes of the status file when nothing changed."""
 
 
-REPEAT_IGNORED = 1.0
-"""Seconds after a first stop signal within which another counts as the same one."""
-
-
 class MonotonicClock:
     """Seconds that never jump back (NTP steps, DST): what the supervisor's deadlines use."""
 
     def time(self) -> float:
         return time.monotonic()
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One process of the pool, across the pids it has had."""
-
-    proc: Process
-    popen: subprocess.Popen[bytes] | None = None
-    sock: socket.socket | None = None
-    buffer: bytes = b""
-    done_before: int = 0
-    """Jobs settled by earlier pids of this slot."""
-    done_now: int = 0
-    busy: int | None = None
-    concurrency: int | None = None
-    ready: bool = False
-    """The current pid said it is ready (its app imported, its worker built)."""
-    retiring: bool = False
-    """Being stopped for good (scale down, replaced in a reload); removed once STOPPED."""
-    log_file: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.proc.name
 
 
 class Supervisor:
@@ -183,7 +158,7 @@ class Supervisor:
         """Supervise until stopped. 0 after a graceful stop, 1 after a forced one."""
         self._lock()
         self._sel = selectors.DefaultSelector()
-        restore = self._install_signals()
+        restore = install_signals(self)
         forced = False
         try:
             log.info(
@@ -198,14 +173,14 @@ class Supervisor:
                 self._add_slot()
             self._state = "running"
             while True:
-                forced = self._handle_signals() or forced
-                self._reap()
+                forced = handle_signals(self) or forced
+                reap(self)
                 now = self.clock.time()
                 for slot in list(self.slots):
                     self._apply(slot, Tick(), now)
-                self._progress_reload()
+                progress_reload(self)
                 self._autoscale(now)
-                self._drop_stopped()
+                drop_stopped(self)
                 self._write_status()
                 if self._state == "stopping" and not any(s.popen for s in self.slots):
                     break
@@ -213,7 +188,7 @@ class Supervisor:
         finally:
             restore()
             for slot in self.slots:
-                self._close_slot(slot)
+                close_slot(self, slot)
             self._state = "stopped"
             self._dirty = True
             self._write_status(force=True)
@@ -240,9 +215,9 @@ class Supervisor:
         assert self._sel is not None
         for key, _ in self._sel.select(timeout):
             if key.data is None:
-                self._drain_wakeups()
+                drain_wakeups(self)
             else:
-                self._read(key.data)
+                read(self, key.data)
 
     # -- events into the state machine ------------------------------------------------------
 
@@ -256,9 +231,9 @@ class Supervisor:
             if isinstance(action, Log):
                 log.log(action.level, action.message)
             elif isinstance(action, Spawn):
-                self._apply(slot, self._spawn(slot))
+                self._apply(slot, spawn(self, slot))
             elif isinstance(action, SendStop):
-                self._send_stop(slot, action.pid)
+                send_stop(self, slot, action.pid)
             elif isinstance(action, SendKill):
                 _kill_group(action.pid)
 
@@ -269,237 +244,9 @@ class Supervisor:
         self._apply(slot, Start())
         return slot
 
-    def _spawn(self, slot: _Slot) -> Spawned | SpawnFailed:
-        parent, child = socket.socketpair()
-        argv = [
-            sys.executable,
-            "-m",
-            "sleipnir",
-            *(["-v"] if self.verbose else []),
-            "worker",
-            self.spec,
-            *self.worker_args,
-            "--supervisor-fd",
-            str(child.fileno()),
-            "--name",
-            slot.name,
-        ]
-        if self.log_dir is not None and slot.log_file is None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            slot.log_file = (self.log_dir / f"{slug(self.spec)}.{slot.name}.log").open("ab")
-        out = slot.log_file
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out is not None else None,
-                pass_fds=(child.fileno(),),
-                process_group=0,
-            )
-        except OSError as exc:
-            parent.close()
-            return SpawnFailed(f"cannot start {argv[0]}: {exc}")
-        finally:
-            child.close()
-        parent.setblocking(False)
-        slot.popen, slot.sock, slot.buffer = popen, parent, b""
-        slot.done_before += slot.done_now
-        slot.done_now, slot.busy, slot.ready = 0, None, False
-        assert self._sel is not None
-        self._sel.register(parent, selectors.EVENT_READ, slot)
-        return Spawned(popen.pid)
-
-    def _send_stop(self, slot: _Slot, pid: int) -> None:
-        sock = slot.sock
-        if sock is not None:
-            try:
-                sock.send(b"stop\n")
-                return
-            except OSError:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # the socket is gone; the signal does the same
-
-    def _read(self, slot: _Slot) -> None:
-        sock = slot.sock
-        if sock is None:
-            return
-        while True:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:  # the child is gone or going; its exit is reaped by _reap
-                self._unregister(slot)
-                break
-            slot.buffer += data
-        while b"\n" in slot.buffer:
-            line, slot.buffer = slot.buffer.split(b"\n", 1)
-            try:
-                message: dict[str, Any] = json.loads(line)
-            except ValueError:
-                log.warning("%s: unreadable report %r", slot.name, line[:200])
-                continue
-            if "done" in message:  # shown at the next periodic write, not worth one now
-                slot.done_now = int(message["done"])
-                slot.busy = int(message.get("busy", 0))
-            if "concurrency" in message:
-                slot.concurrency = int(message["concurrency"])
-            if message.get("ready"):
-                slot.ready = True
-                slot.busy = 0 if slot.busy is None else slot.busy
-                self._apply(slot, Ready())
-
-    def _unregister(self, slot: _Slot) -> None:
-        if slot.sock is not None:
-            if self._sel is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._sel.unregister(slot.sock)
-            slot.sock.close()
-            slot.sock = None
-
-    def _reap(self) -> None:
-        for slot in list(self.slots):
-            if slot.popen is None:
-                continue
-            code = slot.popen.poll()
-            if code is None:
-                continue
-            self._read(slot)  # its last counts
-            self._unregister(slot)
-            slot.popen = None
-            self._apply(slot, Exited(code))
-
-    def _close_slot(self, slot: _Slot) -> None:
-        self._unregister(slot)
-        if slot.log_file is not None:
-            slot.log_file.close()
-            slot.log_file = None
-
-    def _drop_stopped(self) -> None:
-        for slot in list(self.slots):
-            if slot.retiring and slot.proc.state is ProcessState.STOPPED and slot.popen is None:
-                self._close_slot(slot)
-                self.slots.remove(slot)
-                self._dirty = True
-
     # -- signals ------------------------------------------------------------------------
 
-    def _install_signals(self) -> Any:
-        self._wake_r, self._wake_w = socket.socketpair()
-        for end in (self._wake_r, self._wake_w):
-            end.setblocking(False)
-        assert self._sel is not None
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-        previous = {s: signal.getsignal(s) for s in watched}
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if signum != signal.SIGCHLD:  # SIGCHLD only wakes the loop (through the fd)
-                self._signals.append(signum)
-
-        for s in watched:
-            signal.signal(s, handle)
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-            signal.set_wakeup_fd(old_fd)
-
-        return restore
-
-    def _drain_wakeups(self) -> None:
-        assert self._wake_r is not None
-        with contextlib.suppress(BlockingIOError):
-            while self._wake_r.recv(4096):
-                pass
-
-    def _handle_signals(self) -> bool:
-        """Act on the signals received; ``True`` once a forced stop was asked for."""
-        forced = False
-        while self._signals:
-            signum = self._signals.popleft()
-            if signum == signal.SIGHUP:
-                self._begin_reload()
-                continue
-            name = signal.Signals(signum).name
-            now = time.monotonic()
-            if self._stop_signals and now - self._first_stop_at < REPEAT_IGNORED:
-                # One stop sent twice (a `timeout` or a terminal that signals both the
-                # process and its group), not a person asking again.
-                log.info("%s again within %gs of the first: ignored", name, REPEAT_IGNORED)
-                continue
-            self._stop_signals += 1
-            if self._stop_signals == 1:
-                self._first_stop_at = now
-                log.warning(
-                    "%s: stopping the workers; running jobs get %gs to finish"
-                    " (signal again to kill them now)",
-                    name,
-                    self.config.stop_timeout,
-                )
-                self._state = "stopping"
-                self._rolling.clear()
-                self._replacing = None
-                for slot in self.slots:
-                    self._apply(slot, Stop())
-            else:
-                log.warning("%s again: killing the workers now; leases bring their jobs back", name)
-                forced = True
-                self._state = "stopping"
-                for slot in self.slots:
-                    self._apply(slot, Kill())
-        return forced
-
     # -- reload (SIGHUP) --------------------------------------------------------------------
-
-    def _begin_reload(self) -> None:
-        if self._state == "stopping":
-            return
-        olds = [s for s in self.slots if not s.retiring]
-        log.warning("SIGHUP: restarting %d workers one at a time", len(olds))
-        self._rolling = deque(olds)
-        self._state = "reloading"
-
-    def _progress_reload(self) -> None:
-        while self._state == "reloading":
-            if self._replacing is not None:
-                old, new = self._replacing
-                # Up for startsecs is not enough here: the old one goes only once the
-                # new one said it is ready to take jobs, so the pool never shrinks.
-                if new.proc.state is ProcessState.RUNNING and new.ready:
-                    old.retiring = True
-                    self._apply(old, Stop())
-                    self._replacing = None
-                    continue
-                if new.proc.state is ProcessState.FATAL:
-                    log.error(
-                        "reload stopped: the new %s cannot start; the old workers keep running",
-                        new.name,
-                    )
-                    new.retiring = True
-                    self._apply(new, Stop())
-                    self._replacing = None
-                    self._rolling.clear()
-                    self._state = "running"
-                return
-            if not self._rolling:
-                log.info("reload done")
-                self._state = "running"
-                return
-            old = self._rolling.popleft()
-            if old not in self.slots or old.retiring:
-                continue
-            if old.proc.state in (ProcessState.STARTING, ProcessState.RUNNING):
-                self._replacing = (old, self._add_slot())
-            else:  # BACKOFF, FATAL: it serves nothing, so nothing to wait for
-                old.retiring = True
-                self._apply(old, Stop())
-                self._add_slot()
 
     # -- scaling ------------------------------------------------------------------------------
 
@@ -642,12 +389,3 @@ def retire_first(processes: Sequence[Process]) -> list[Process]:
         enumerate(processes), key=lambda ip: (ip[1].state is ProcessState.RUNNING, -ip[0])
     )
     return [p for _, p in ranked]
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the worker's process group (it leads its own), or the worker alone."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
