@@ -101,31 +101,41 @@ job comes due (``next_scheduled_at`` is always ``None``). ``dead_letters``,
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-
-import pika  # type: ignore[import-untyped]
 
 from ..checks import Check, Deployment
 from ..clock import Clock, SystemClock
 from ..errors import BrokerConnectionError, BrokerError
 from . import amqp_checks
-from .amqp_link import Link, LinkPool, parse_url, probe
-from .amqp_topology import SCAN_LIMIT, Topology, amqp_priority, publish
+from .amqp_admin import Inspection
+from .amqp_consume import park, recycle_buffer, reserve_batch
+from .amqp_delivery import (
+    _DROPPED_HEADERS,
+    BULK_CONNECTIONS,
+    FINISHED_MARKER_TTL_MS,
+    H_ATTEMPT,
+    H_ERROR,
+    H_ETA,
+    H_FAILED_AT,
+    H_LOST,
+    H_PARKED,
+    H_PRIORITY,
+    PRODUCER_CONNECTIONS,
+    _Consumer,
+    _Delivery,
+    _int,
+    _Token,
+)
+from .amqp_link import Link, LinkPool, parse_url
+from .amqp_topology import Topology, amqp_priority, publish
 from .base import (
     Broker,
-    BrokerJobState,
-    DeadLetter,
     Envelope,
-    JobInfo,
     Nack,
-    QueueStats,
     Reservation,
     redact_url,
 )
@@ -134,91 +144,8 @@ __all__ = ["AMQPBroker", "amqp_priority"]
 
 log = logging.getLogger("sleipnir.brokers.amqp")
 
-H_ATTEMPT = "x-sleipnir-attempt"
-H_LOST = "x-sleipnir-lost"
-H_PRIORITY = "x-sleipnir-priority"
-H_ETA = "x-sleipnir-eta"
-H_ERROR = "x-sleipnir-error"
-H_FAILED_AT = "x-sleipnir-failed-at"
-H_PARKED = "x-sleipnir-parked"
-_DROPPED_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-delivery-count",
-        *(f"x-{w}-death-{k}" for w in ("first", "last") for k in ("exchange", "queue", "reason")),
-    }
-)
-"""Headers RabbitMQ adds on dead-lettering; a new copy starts without them."""
 
-PRODUCER_CONNECTIONS = 8
-"""Connections one broker object opens at most for single enqueues (one per thread at once)."""
-BULK_CONNECTIONS = 2
-"""... and for bulk enqueues (``map``), each in one transaction."""
-FINISHED_MARKER_TTL_MS = 24 * 3600 * 1000
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-@dataclass(slots=True)
-class _Delivery:
-    queue: str
-    tag: int
-    consumer: str
-    redelivered: bool
-    props: Any
-    body: bytes
-    received_at: float = field(default_factory=time.monotonic)
-    parked: bool = False
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.props.headers or {})
-
-    @property
-    def id(self) -> str:
-        if self.props.message_id:
-            return str(self.props.message_id)
-        # A message published by something else: name it by its content, so
-        # that every delivery of it has the same id.
-        return "raw-" + hashlib.sha1(self.body).hexdigest()[:20]
-
-    @property
-    def priority(self) -> int:
-        h = self.headers
-        if H_PRIORITY in h:
-            return _int(h[H_PRIORITY])
-        return 0 if self.props.priority is None else int(self.props.priority) - 4
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    generation: int
-    tag: int
-
-
-@dataclass(slots=True)
-class _Consumer:
-    tag: str
-    prefetch: int
-
-
-class AMQPBroker(Broker):
+class AMQPBroker(Inspection, Broker):
     """The contract on RabbitMQ. See the module docstring for names and guarantees."""
 
     poll_interval = 0.05
@@ -345,94 +272,12 @@ class AMQPBroker(Broker):
 
     # -- consuming --------------------------------------------------------------------
 
-    def _consume_channel(self) -> Any:
-        """The consumer channel; a new one forgets every delivery of the old."""
-        ch = self._con.channel()
-        if self._con.generation != self._generation:
-            self._generation = self._con.generation
-            self._buffer.clear()
-            self._held.clear()
-            self._consumers.clear()
-            self._acks.clear()
-        return ch
-
-    def _on_message(self, queue: str) -> Callable[..., None]:
-        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            self._buffer.setdefault(queue, deque()).append(
-                _Delivery(
-                    queue, method.delivery_tag, method.consumer_tag, method.redelivered, props, body
-                )
-            )
-
-        return on_message
-
-    def _subscribe(self, ch: Any, queue: str, limit: int) -> None:
-        """Consume ``queue`` with a prefetch window (basic.qos) of the first ``limit`` asked.
-
-        A worker asks first for its concurrency plus its prefetch, and later for
-        what its acks freed, so the window stays that size. (basic.qos binds a
-        consumer when it starts; growing it would mean a new consumer, and pika
-        gives the old one's undelivered messages back, redelivered.)
-        """
-        if queue in self._consumers:
-            return
-        ch.basic_qos(prefetch_count=max(1, limit))
-        tag = ch.basic_consume(self.names.work(queue), self._on_message(queue))
-        self._consumers[queue] = _Consumer(tag, max(1, limit))
-
-    def _window_full(self, queue: str) -> bool:
-        consumer = self._consumers[queue]
-        mine = sum(1 for d in self._held.values() if d.consumer == consumer.tag)
-        mine += sum(1 for d in self._buffer.get(queue, ()) if d.consumer == consumer.tag)
-        return mine >= consumer.prefetch
-
-    def _get(self, ch: Any, queue: str, limit: int, lease: float, out: list[Reservation]) -> None:
-        """Fetch past a full window with basic.get, for a caller that never settles here.
-
-        A worker settles, and its acks open the window again; a caller that holds
-        its jobs and asks for more (a script, the contract tests) would otherwise
-        wait for ever.
-        """
-        if queue in self._settling or not self._window_full(queue):
-            return
-        now = self.clock.time()
-        while len(out) < limit:
-            method, props, body = ch.basic_get(self.names.work(queue), auto_ack=False)
-            if method is None:
-                return
-            d = _Delivery(queue, method.delivery_tag, "", method.redelivered, props, body)
-            res = self._admit(d, now, lease)
-            if res is not None:
-                out.append(res)
-
-    def _sync(self, ch: Any, queues: Sequence[str], want: int) -> None:
-        """Take in the deliveries RabbitMQ has sent, or is sending, for ``queues``.
-
-        A declare tells how many jobs are ready. While some are and the window has
-        room, deliveries are on their way (the declare's answer may overtake them),
-        so wait for them, up to 0.1 s: "nothing returned" then means "nothing ready".
-        """
-        queues = [q for q in queues if not self._window_full(q)]
-        if not queues:
-            return  # every window is full: nothing can come before an ack
-        ready = {q: ch.queue_declare(self.names.work(q), passive=True) for q in queues}
-        self._con.conn.process_data_events(time_limit=0)
-        coming = [
-            q for q in queues if ready[q].method.message_count > 0 and not self._window_full(q)
-        ]
-        deadline = time.monotonic() + 0.1
-        while coming and time.monotonic() < deadline:
-            if sum(len(self._buffer.get(q, ())) for q in queues) >= want:
-                return
-            self._con.conn.process_data_events(time_limit=0.005)
-            coming = [q for q in coming if not self._window_full(q)]
-
     def reserve(self, queues: Sequence[str], limit: int, lease: float) -> list[Reservation]:
         if limit <= 0 or not queues:
             return []
         until = self._con.deadline()
         try:
-            return self._reserve(queues, limit, lease, until)
+            return reserve_batch(self, queues, limit, lease, until)
         except BrokerConnectionError:
             # The connection broke during the call. Safe to ask again on a new one: what
             # the old channel held goes back to its queues when it closes, and its
@@ -441,83 +286,7 @@ class AMQPBroker(Broker):
             if not self._con.broke:
                 raise
             log.info("RabbitMQ connection lost while reserving; reconnecting once")
-            return self._reserve(queues, limit, lease, until)
-
-    def _reserve(
-        self, queues: Sequence[str], limit: int, lease: float, until: float
-    ) -> list[Reservation]:
-        out: list[Reservation] = []
-        with self._con.call("reserving", until):
-            ch = self._consume_channel()
-            for q in queues:
-                self.topology.ensure(self._con, q)
-                self._subscribe(ch, q, limit)
-            self._con.conn.process_data_events(time_limit=0)
-            # Deliveries moved on (redelivered, not yet due, parked) may come straight
-            # back ready; a few rounds make "nothing returned" mean "nothing ready".
-            for _round in range(8):
-                if sum(len(self._buffer.get(q, ())) for q in queues) < limit - len(out):
-                    self._sync(ch, queues, limit - len(out))
-                moved = self._take(queues, limit, lease, out)
-                if not moved or len(out) >= limit:
-                    break
-            for q in queues:
-                if len(out) < limit:
-                    self._get(ch, q, limit, lease, out)
-        return out
-
-    def _take(self, queues: Sequence[str], limit: int, lease: float, out: list[Reservation]) -> int:
-        """Admit buffered deliveries into ``out`` (queue order, then priority); how many moved."""
-        now = self.clock.time()
-        moved = 0
-        for q in queues:
-            buf = self._buffer.get(q)
-            if not buf:
-                continue
-            ordered = sorted(buf, key=lambda d: -d.priority)  # stable: FIFO within one
-            buf.clear()
-            for d in ordered:
-                if len(out) >= limit:
-                    buf.append(d)
-                    continue
-                res = self._admit(d, now, lease)
-                if res is None:
-                    moved += 1
-                else:
-                    out.append(res)
-        return moved
-
-    def _admit(self, d: _Delivery, now: float, lease: float) -> Reservation | None:
-        """A reservation for a delivery, or ``None`` when it was moved on instead."""
-        h = d.headers
-        before = max(0, _int(h.get(H_ATTEMPT)))
-        lost = max(0, _int(h.get(H_LOST)))
-        if h.get(H_PARKED):
-            if not self._parked_copy_runs(d):
-                return None
-            lost += 1  # its worker died while it ran; the copy counted that delivery
-        elif d.redelivered:
-            # Its worker died holding it: count that delivery, as a lost one too, then
-            # serve the new copy.
-            self._move(d, attempt=before + 1, lost=lost + 1, eta_at=_float(h.get(H_ETA)))
-            return None
-        else:
-            eta = _float(h.get(H_ETA))
-            if eta is not None and eta > now + 0.001:
-                self._move(d, attempt=before, eta_at=eta)
-                return None
-        self._held[d.tag] = d
-        d.received_at = time.monotonic()
-        return Reservation(
-            id=d.id,
-            queue=d.queue,
-            body=d.body,
-            attempt=before + 1,
-            token=_Token(self._generation, d.tag),
-            lease_until=now + lease,
-            priority=d.priority,
-            lost=lost,
-        )
+            return reserve_batch(self, queues, limit, lease, until)
 
     def _move(self, d: _Delivery, **kw: Any) -> None:
         self._republish(d, **kw)
@@ -599,8 +368,8 @@ class AMQPBroker(Broker):
                 # Real time, not the injected clock: it races RabbitMQ's own timer.
                 held_for = 0.0 if d is None else time.monotonic() - d.received_at
                 if d is not None and not d.parked and held_for >= self.options.park_after:
-                    self._park(d, res.attempt, res.lost)
-            self._recycle_buffer()
+                    park(self, d, res.attempt, res.lost)
+            recycle_buffer(self)
             if any(out):
                 # The lease is the connection: it holds while the server still answers
                 # on it. Cut off, the call fails within the bound instead of saying
@@ -608,55 +377,9 @@ class AMQPBroker(Broker):
                 self._con.ping()
         return out
 
-    def _park(self, d: _Delivery, attempt: int, lost: int) -> None:
-        """Hand a long-held delivery back before RabbitMQ's consumer timeout (module docstring)."""
-        ch = self._con.ch
-        ch.queue_declare(self.names.running(d.id), exclusive=True)
-        self._republish(
-            d,
-            attempt=attempt,
-            lost=lost,
-            to=self.names.parked(d.queue),
-            parked=True,
-            expiration_ms=self._park_check_ms,
-        )
-        ch.basic_ack(d.tag)
-        d.parked = True
-        log.info("job %s has run %.0f s; parked its delivery", d.id, self.options.park_after)
-
     @property
     def _park_check_ms(self) -> int:
         return max(1, round(min(60.0, self.options.park_after) * 1000))
-
-    def _parked_copy_runs(self, d: _Delivery) -> bool:
-        """Whether a parked copy that came back must run (its worker died); else it is moved on."""
-        state = probe(self._con, self.names.running(d.id))
-        if state in ("ok", "locked"):  # its worker (maybe this one) still runs it
-            self._republish(
-                d,
-                attempt=max(0, _int(d.headers.get(H_ATTEMPT))),
-                to=self.names.parked(d.queue),
-                parked=True,
-                expiration_ms=self._park_check_ms,
-            )
-            self._con.ch.basic_ack(d.tag)
-            log.info("job %s still runs; parked its copy again", d.id)
-            return False
-        if probe(self._con, self.names.finished(d.id)) == "ok":
-            self._con.ch.queue_delete(self.names.finished(d.id))
-            self._con.ch.basic_ack(d.tag)
-            return False
-        log.warning("parked job %s lost its worker; it runs again", d.id)
-        return True
-
-    def _recycle_buffer(self) -> None:
-        """Give back deliveries that waited in the buffer for too long (consumer timeout)."""
-        limit = self.options.park_after
-        for buf in self._buffer.values():
-            old = [d for d in buf if time.monotonic() - d.received_at >= limit]
-            for d in old:
-                buf.remove(d)
-                self._move(d, attempt=max(0, _int(d.headers.get(H_ATTEMPT))))
 
     def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return self._settle(reservations, "acking", lambda d, i: self._done(d))
@@ -719,173 +442,7 @@ class AMQPBroker(Broker):
 
     # -- dead letters -------------------------------------------------------------------
 
-    def _scan_dead(
-        self, queues: Sequence[str], visit: Callable[[Any, Any, Any, bytes, str], bool]
-    ) -> None:
-        """Read each queue's dead letters from the head; stop when ``visit`` says so.
-
-        ``visit(channel, method, props, body, queue)`` may ack on the channel;
-        everything not acked goes back, in place, when the scan channel closes.
-        """
-        with self._con.call("reading dead letters"):
-            for q in queues:
-                ch = self._con.scratch()
-                try:
-                    with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                        # A queue in the registry but never declared here yet.
-                        ch.queue_declare(self.names.dead(q), passive=True)
-                    if not ch.is_open:
-                        continue
-                    for _ in range(SCAN_LIMIT):
-                        method, props, body = ch.basic_get(self.names.dead(q), auto_ack=False)
-                        if method is None or not visit(ch, method, props, body, q):
-                            break
-                finally:
-                    if ch.is_open:
-                        with contextlib.suppress(Exception):
-                            ch.close()
-
-    def _dead_letter(self, props: Any, body: bytes, queue: str) -> DeadLetter:
-        d = _Delivery(queue, 0, "", False, props, body)
-        h = d.headers
-        return DeadLetter(
-            id=d.id,
-            queue=queue,
-            body=body,
-            attempt=_int(h.get(H_ATTEMPT)),
-            reason=_text(h.get(H_ERROR, "")),
-            failed_at=_float(h.get(H_FAILED_AT)) or 0.0,
-            priority=d.priority,
-        )
-
-    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        if limit <= 0:
-            return out
-
-        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
-            out.append(self._dead_letter(props, body, q))
-            return len(out) < limit
-
-        self._scan_dead([queue] if queue is not None else self._queues(), visit)
-        out.sort(key=lambda d: d.failed_at)
-        return out[:limit]
-
-    def retry_dead(self, ids: Sequence[str] | None = None) -> list[str]:
-        wanted = None if ids is None else set(ids)
-        moved: list[str] = []
-
-        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
-            dead = self._dead_letter(props, body, q)
-            if wanted is None or dead.id in wanted:
-                headers = {H_ATTEMPT: 0, H_PRIORITY: dead.priority}
-                publish(self._con.ch, self.names.work(q), body, headers, dead.priority, dead.id)
-                ch.basic_ack(method.delivery_tag)
-                moved.append(dead.id)
-            return wanted is None or len(moved) < len(wanted)
-
-        self._scan_dead(self._queues(), visit)
-        return moved
-
-    def delete_dead(self, ids: Sequence[str] | None = None) -> int:
-        wanted = None if ids is None else set(ids)
-        deleted = 0
-
-        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
-            nonlocal deleted
-            if wanted is None or self._dead_letter(props, body, q).id in wanted:
-                ch.basic_ack(method.delivery_tag)
-                deleted += 1
-            return wanted is None or deleted < len(wanted)
-
-        self._scan_dead(self._queues(), visit)
-        return deleted
-
     # -- what the broker knows -------------------------------------------------------------
-
-    def job_info(self, job_id: str) -> JobInfo | None:
-        with self._con.call("looking a job up"):
-            for d in self._held.values():
-                if d.id == job_id and self._con.is_open:
-                    attempt = _int(d.headers.get(H_ATTEMPT)) + 1
-                    err = d.headers.get(H_ERROR)
-                    return JobInfo(
-                        job_id,
-                        d.queue,
-                        BrokerJobState.RESERVED,
-                        attempt,
-                        None if err is None else _text(err),
-                    )
-        found: list[DeadLetter] = []
-
-        def visit(ch: Any, method: Any, props: Any, body: bytes, q: str) -> bool:
-            dead = self._dead_letter(props, body, q)
-            if dead.id == job_id:
-                found.append(dead)
-            return not found
-
-        self._scan_dead(self._queues(), visit)
-        if found:
-            dead = found[0]
-            return JobInfo(job_id, dead.queue, BrokerJobState.DEAD, dead.attempt, dead.reason)
-        return None
-
-    def stats(self) -> list[QueueStats]:
-        queues = self._queues()
-        out = []
-        with self._con.call("counting jobs"):
-            ch = self._consume_channel()
-            counts: dict[str, dict[str, int]] = {}
-            delayed: dict[str, int] = {}
-            for q in queues:
-                counts[q] = self.topology.declare_all(ch, q)
-                delayed[q] = sum(self.topology.delay_counts(self._con, q).values())
-            self._con.conn.process_data_events(time_limit=0)
-            n = self.names
-            for q in queues:
-                c = counts[q]
-                out.append(
-                    QueueStats(
-                        q,
-                        ready=c[n.work(q)] + len(self._buffer.get(q, ())),
-                        scheduled=delayed[q],
-                        running=sum(1 for d in self._held.values() if d.queue == q),
-                        dead=c[n.dead(q)],
-                    )
-                )
-        return out
-
-    def purge(self, queue: str) -> int:
-        self.names.check(queue)
-        with self._con.call("purging"):
-            ch = self._consume_channel()
-            self.topology.ensure(self._con, queue)
-            self._con.conn.process_data_events(time_limit=0)
-            purged = 0
-            for d in self._buffer.pop(queue, deque()):
-                ch.basic_ack(d.tag)
-                purged += 1
-            for name in (self.names.work(queue), *self.topology.delay_counts(self._con, queue)):
-                purged += ch.queue_purge(name).method.message_count
-        return int(purged)
-
-    def delete_queues(self) -> list[str]:
-        """Delete every queue of this prefix, jobs and dead letters with them; their names.
-
-        For tearing down a namespace (tests, a retired deployment): it destroys jobs.
-        """
-        queues = self._queues()
-        deleted = []
-        with self._con.call("deleting queues"):
-            ch = self._con.channel()
-            for q in queues:
-                for name in self.names.all_of(q):
-                    ch.queue_delete(name)
-                    deleted.append(name)
-            ch.queue_delete(self.names.registry)
-            deleted.append(self.names.registry)
-            self.topology.forget()
-        return deleted
 
     def diagnose(self, about: Deployment | None = None) -> list[Check]:
         return amqp_checks.diagnose(lambda: self, self.url, about or Deployment())
