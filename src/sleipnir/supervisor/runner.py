@@ -47,7 +47,8 @@ from .control import (
     install_signals,
     progress_reload,
 )
-from .processes import (
+from .scaling import ScalePolicy, ScaleState, scale
+from .spawning import (
     _kill_group,
     _Slot,
     close_slot,
@@ -57,7 +58,6 @@ from .processes import (
     send_stop,
     spawn,
 )
-from .scaling import ScalePolicy, ScaleState, scale
 from .states import (
     Event,
     Log,

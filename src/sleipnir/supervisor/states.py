@@ -30,9 +30,25 @@ that kills its worker is retried by the broker, not by the supervisor).
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
+
+from .events import (
+    Action,
+    Event,
+    Exited,
+    Kill,
+    Log,
+    Ready,
+    SendKill,
+    SendStop,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    Stop,
+    Tick,
+)
+from .process import Process, ProcessConfig, ProcessState
 
 __all__ = [
     "Action",
@@ -58,162 +74,10 @@ __all__ = [
 ]
 
 
-class ProcessState(StrEnum):
-    """Where a supervised process stands (supervisord's names)."""
-
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessConfig:
-    """How a supervised process is started, retried and stopped (seconds)."""
-
-    startsecs: float = 1.0
-    """A process that exits sooner after its start (without saying it is ready) failed to start."""
-    startretries: int = 3
-    """Failed starts in a row tolerated; one more and the process is FATAL."""
-    backoff: float = 1.0
-    """Delay before the first retry of a failed start; doubled for each further one."""
-    max_backoff: float = 60.0
-    stop_timeout: float = 30.0
-    """What the worker itself gives its running jobs after a stop (its ``--stop-timeout``)."""
-    kill_grace: float = 10.0
-    """Beyond ``stop_timeout``, for the worker to store outcomes and give back the rest;
-    a process still there then is killed with its process group."""
-
-    def __post_init__(self) -> None:
-        for name in ("startsecs", "backoff", "max_backoff", "stop_timeout", "kill_grace"):
-            value = getattr(self, name)
-            if not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0 seconds, not {value!r}")
-        if self.startretries < 0:
-            raise ValueError("startretries must be >= 0")
-
-
-@dataclass(frozen=True, slots=True)
-class Process:
-    """One supervised process: its state and the counts ``status`` shows."""
-
-    name: str
-    state: ProcessState = ProcessState.STOPPED
-    pid: int | None = None
-    since: float = 0.0
-    """When it entered this state (the caller's clock)."""
-    started_at: float | None = None
-    """When the current pid was spawned."""
-    failures: int = 0
-    """Failed starts in a row."""
-    spawns: int = 0
-    retry_at: float | None = None
-    """In BACKOFF: when to spawn again."""
-    kill_at: float | None = None
-    """In STOPPING: when to kill it if it is still there."""
-    last_exit: int | None = None
-    """The last exit status (negative: killed by that signal)."""
-    ready: bool = False
-    """The current pid said it is ready."""
-    message: str = ""
-
-    @property
-    def restarts(self) -> int:
-        """Spawns after the first."""
-        return max(0, self.spawns - 1)
-
-    @property
-    def alive(self) -> bool:
-        """A pid of this process may be running."""
-        return self.pid is not None
-
-
 # -- events -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Run it (again): from STOPPED, EXITED, BACKOFF or FATAL (failures forgotten)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Spawned:
-    """The process was started with this pid."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    """The process could not even be started (the executable is missing, no memory)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """The process said it is up (the app imported, the worker about to fetch jobs)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Exited:
-    """The process exited with this status (negative: the signal that killed it)."""
-
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed: deadlines (startsecs, backoff, stop) are checked."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Stop gracefully: the process finishes its running jobs, then exits."""
-
-
-@dataclass(frozen=True, slots=True)
-class Kill:
-    """Stop at once: kill the process and its group."""
-
-
-Event = Start | Spawned | SpawnFailed | Ready | Exited | Tick | Stop | Kill
-
-
 # -- actions ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    """Start a new process; answer with :class:`Spawned` or :class:`SpawnFailed`."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendStop:
-    """Ask the process to stop gracefully."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendKill:
-    """Kill the process and its process group (SIGKILL)."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    """Something to say, at a ``logging`` level."""
-
-    level: int
-    message: str
-
-
-Action = Spawn | SendStop | SendKill | Log
 
 
 def backoff_after(failures: int, config: ProcessConfig) -> float:
