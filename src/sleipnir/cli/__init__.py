@@ -2,15 +2,24 @@
 
 The group and what the commands share are in :mod:`.base`; each command module
 registers its commands on it when imported: :mod:`.workers` (``worker``, ``run``,
-``status``, ``deploy``, ``scheduler``), :mod:`.inspect` (``enqueue``, ``queues``,
-``job``, ``cancel``), :mod:`.dead` (``dead list|retry|purge``), :mod:`.ops`
-(``doctor``, ``web``, ``top``).
+``scheduler``), :mod:`.deploying` (``status``, ``deploy``), :mod:`.inspect`
+(``enqueue``, ``queues``, ``job``, ``cancel``), :mod:`.dead` (``dead
+list|retry|purge``), :mod:`.ops` (``doctor``, ``web``, ``top``).
 """
 
 from __future__ import annotations
 
-from . import dead, inspect, ops, workers
+from . import dead, deploying, inspect, ops, workers
 from .base import load_app, main
 from .workers import _worker_options
 
-__all__ = ["_worker_options", "dead", "inspect", "load_app", "main", "ops", "workers"]
+__all__ = [
+    "_worker_options",
+    "dead",
+    "deploying",
+    "inspect",
+    "load_app",
+    "main",
+    "ops",
+    "workers",
+]

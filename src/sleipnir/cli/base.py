@@ -143,13 +143,3 @@ def _worker_flags(*, each: str) -> Callable[[F], F]:
         return f
 
     return apply
-
-
-def _echo_table(title: str, rows: list[list[str]]) -> None:
-    """A titled table of left-aligned columns; nothing when it has no row under its header."""
-    if len(rows) < 2:
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    click.echo(f"\n{title}")
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -10,7 +10,7 @@ from ..app import App
 from ..bounded import cap_text
 from ..errors import SleipnirError
 from ..results import Capability
-from .base import APP, _echo_error, _echo_table, _error_line, _when, main
+from .base import APP, _echo_error, _error_line, _when, main
 
 
 @main.command()
@@ -181,3 +181,13 @@ def cancel(app: App, job_ids: tuple[str, ...]) -> None:
             click.echo(f"{job_id}  already finished ({app.status(job_id).value}): not cancelled")
     if finished:
         raise SystemExit(1)
+
+
+def _echo_table(title: str, rows: list[list[str]]) -> None:
+    """A titled table of left-aligned columns; nothing when it has no row under its header."""
+    if len(rows) < 2:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo(f"\n{title}")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
