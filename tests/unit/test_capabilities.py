@@ -96,3 +96,14 @@ def test_no_module_catches_not_implemented_error() -> None:
         check=False,
     ).stdout
     assert found == "", found
+
+
+def test_a_job_the_broker_does_not_hold_is_gone_or_cannot_be_told(clock: FakeClock) -> None:
+    """``job_info`` returns None for both; the broker says which of the two it means."""
+    app = App("memory://", clock=clock)
+    gone = app.broker.not_held("01J")
+    assert gone == "no job 01J (never enqueued here, or its record expired)"
+    app.broker.finds_queued_jobs = False  # as RabbitMQ: it cannot look into a queue
+    maybe = app.broker.not_held("01J")
+    assert "may still wait in its queue" in maybe
+    assert maybe != gone

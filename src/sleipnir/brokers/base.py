@@ -173,6 +173,16 @@ class Broker(ABC):
     """Whether :meth:`job_info` finds a ready or scheduled job by its id (and ``enqueue``
     leaves an id it holds as it is). RabbitMQ cannot look into a queue: ``False``."""
 
+    def not_held(self, job_id: str) -> str:
+        """What it means that :meth:`job_info` found no job ``job_id`` and no outcome is
+        stored: gone, or, on a broker that cannot find queued jobs, perhaps still queued."""
+        if self.finds_queued_jobs:
+            return f"no job {job_id} (never enqueued here, or its record expired)"
+        return (
+            f"job {job_id} is not running here and has no outcome; it may still wait in its "
+            "queue (this broker cannot find a queued job by its id)"
+        )
+
     @abstractmethod
     def enqueue(self, envelopes: Sequence[Envelope]) -> None:
         """Store the jobs, all or none; durable when this returns."""

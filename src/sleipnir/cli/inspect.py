@@ -164,6 +164,7 @@ def job_command(app: App, job_id: str, as_json: bool, full: bool) -> None:
     elif error:
         click.echo(f"  error     {_error_line(error)}")
     if state.value == "unknown":
+        click.echo(f"  {app.broker.not_held(job_id)}")
         raise SystemExit(1)
 
 

@@ -208,7 +208,7 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     view = await run_in_threadpool(job_view, web, job_id)
     if view is None:
-        raise ApiError(404, f"no job {job_id} (never enqueued here, or its record expired)")
+        raise ApiError(404, web.app.broker.not_held(job_id))
     return json_response(view)
 
 
@@ -218,7 +218,7 @@ def cancel_job(web: WebState, job_id: str) -> None:
     record = app.results.get(job_id)
     info = app.broker.job_info(job_id)
     if record is None and info is None:
-        raise ApiError(404, f"no job {job_id} (never enqueued here, or its record expired)")
+        raise ApiError(404, web.app.broker.not_held(job_id))
     if record is not None and record.state.finished:
         raise ApiError(
             409, f"job {job_id} already finished ({record.state.value}): nothing to cancel"
