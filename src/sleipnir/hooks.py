@@ -163,10 +163,6 @@ class HookList:
     def __len__(self) -> int:
         return len(self._hooks)
 
-    def extended(self, more: Sequence[Hook]) -> HookList:
-        """A new list: ``more`` first (the built-in features), then these hooks."""
-        return HookList([*more, *self._hooks])
-
     def listens(self, event: str) -> bool:
         return bool(self._listeners[event])
 

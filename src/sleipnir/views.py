@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .context import read_progress
+from .context import Progress, read_progress
 from .errors import SleipnirError
 from .results import Capability
 from .schedule import Scheduler
@@ -242,13 +242,13 @@ def running_views(
                 del named[job_id]
     if not named:
         return []
-    known = True
-    try:
-        if not app.results.keeps(Capability.KEYS):
-            raise SleipnirError("no keys")
-        progress = read_progress(app.results, list(named))
-    except SleipnirError:
-        progress, known = {}, False
+    progress: dict[str, Progress] = {}
+    known = app.results.keeps(Capability.KEYS)
+    if known:
+        try:
+            progress = read_progress(app.results, list(named))
+        except SleipnirError:
+            known = False
     out = [
         RunningView(
             id=job.id,
